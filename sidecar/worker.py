@@ -1,0 +1,198 @@
+"""The engine worker: a child process of the sidecar server that runs engines.
+
+It is the only process that imports model libraries (torch). It speaks the genart framing
+over its stdin/stdout pipes with the server: `ready` once, then for every `run` request a
+stream of `progress`/`preview` notifications and one of `done`, `error` or `cancelled`.
+Outputs are written atomically to the folder the server names before `done` is sent, so
+a crash at any point leaves either a whole output or none. It exits when its stdin closes
+(the server is gone). Its stdout is reserved for the protocol: prints go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from genart_core.engines import available_engines
+from genart_core.engines.base import Cancelled, Engine, Input, Output, RunContext
+from genart_core.protocol import messages
+from genart_core.protocol.atomicio import atomic_write
+from genart_core.protocol.errors import (
+    ConnectionLost,
+    EngineFailed,
+    GenartError,
+    InternalError,
+    OutOfMemory,
+)
+from genart_core.protocol.framing import Attachment, FrameStream
+
+log = logging.getLogger("genart.worker")
+
+
+class Worker:
+    def __init__(self, rfile: BinaryIO, wfile: BinaryIO, engines: dict[str, type[Engine]]):
+        self.stream = FrameStream(rfile=rfile, wfile=wfile)
+        self.engine_classes = engines
+        self.engines: dict[str, Engine] = {}
+        self.runs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.current_job: str | None = None
+        self.cancel_event = threading.Event()
+        self.write_lock = threading.Lock()
+
+    def send(self, method: str, params: dict[str, Any], attachments: list[Attachment] = ()) -> None:  # type: ignore[assignment]
+        with self.write_lock:
+            self.stream.write_message(messages.notification(method, params), attachments)
+
+    def read_loop(self) -> None:
+        """Reader thread: queues runs, flags cancels, exits the process on EOF."""
+        while True:
+            try:
+                msg = self.stream.read_message()
+            except (ConnectionLost, OSError, GenartError):
+                log.info("server pipe closed; worker exits")
+                os._exit(0)
+            method = msg.envelope.get("method")
+            params = msg.envelope.get("params") or {}
+            if method == "run":
+                self.runs.put(params)
+            elif method == "cancel":
+                if params.get("job") == self.current_job:
+                    self.cancel_event.set()
+            elif method == "shutdown":
+                self.runs.put(None)
+                return
+
+    def serve(self) -> None:
+        self.send(
+            "ready",
+            {
+                "pid": os.getpid(),
+                "engines": [cls.describe() for cls in self.engine_classes.values()],
+                "device": "cpu",
+            },
+        )
+        threading.Thread(target=self.read_loop, name="worker-reader", daemon=True).start()
+        while True:
+            run = self.runs.get()
+            if run is None:
+                return
+            self.execute(run)
+
+    def engine(self, name: str) -> Engine:
+        if name not in self.engines:
+            self.engines[name] = self.engine_classes[name]()
+        return self.engines[name]
+
+    def execute(self, run: dict[str, Any]) -> None:
+        job, frame = run["job"], run["frame"]
+        self.current_job = job
+        self.cancel_event.clear()
+        ids = {"job": job, "frame": frame}
+        ctx = RunContext(
+            job=job,
+            frame=frame,
+            frames=run.get("frames"),
+            attempt=run.get("attempt", 1),
+            on_progress=lambda step, steps: self.send(
+                "progress", {**ids, "step": step, "steps": steps}
+            ),
+            on_preview=lambda out: self.send("preview", ids, [_attachment(out)]),
+            cancel_event=self.cancel_event,
+        )
+        inputs = {
+            name: Input(
+                name=name,
+                kind=meta["kind"],
+                path=Path(meta["file"]),
+                dtype=meta.get("dtype"),
+                shape=tuple(meta["shape"]) if meta.get("shape") else None,
+                color_space=meta.get("color_space"),
+                encoding=meta.get("encoding"),
+            )
+            for name, meta in run.get("inputs", {}).items()
+        }
+        try:
+            outputs = self.engine(run["engine"]).run(run["task"], run["params"], inputs, ctx)
+            ctx.check_cancelled()
+            metas = [_store(out, Path(run["output_dir"]), frame) for out in outputs]
+        except Cancelled:
+            self.send("cancelled", ids)
+        except GenartError as exc:
+            self.send("error", {**ids, "error": exc.to_dict()})
+        except MemoryError as exc:
+            self.send(
+                "error",
+                {**ids, "error": OutOfMemory(f"out of memory while generating: {exc}").to_dict()},
+            )
+        except Exception as exc:  # engine bugs: the traceback to the log, a message to the user
+            log.error(
+                "engine %s failed on job %s frame %s:\n%s",
+                run["engine"],
+                job,
+                frame,
+                traceback.format_exc(),
+            )
+            err = EngineFailed(f"the {run['engine']} engine failed: {type(exc).__name__}: {exc}")
+            self.send("error", {**ids, "error": err.to_dict()})
+        else:
+            self.send("done", {**ids, "outputs": metas})
+        finally:
+            self.current_job = None
+
+
+def _attachment(out: Output) -> Attachment:
+    return Attachment.array(out.name, out.data, out.dtype, out.shape, out.color_space)
+
+
+def _store(out: Output, folder: Path, frame: int) -> dict[str, Any]:
+    """Writes one output atomically; returns what the server records about it."""
+    att = _attachment(out)  # validates dtype/shape against the bytes
+    view = att.view()
+    path = folder / f"{frame:06d}_{out.name}.bin"
+    atomic_write(path, [view])
+    return {
+        "name": out.name,
+        "file": str(path),
+        "dtype": out.dtype,
+        "shape": list(out.shape),
+        "color_space": out.color_space,
+        "nbytes": view.nbytes,
+        "sha256": hashlib.sha256(view).hexdigest(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="genart-worker")
+    parser.add_argument("--test-engines", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s worker[%(process)d] %(levelname)s %(message)s",
+    )
+    # Keep the protocol channel private: anything printed by libraries goes to stderr.
+    proto_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    rfile = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
+    started = time.monotonic()
+    try:
+        engines = available_engines(test_engines=args.test_engines)
+    except Exception as exc:
+        raise InternalError(f"cannot load engines: {exc}") from exc
+    log.info("worker ready in %.2f s with engines %s", time.monotonic() - started, list(engines))
+    Worker(rfile, proto_out, engines).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
