@@ -9,6 +9,7 @@ if [ ! -f .venv/.genart-installed ] || [ pyproject.toml -nt .venv/.genart-instal
     echo "== installing dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q torch==2.13.0
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    .venv/bin/python -m pip install -q -e ".[dev,engines]"
+    .venv/bin/python -m pip install -q -e examples/genart-texsynth
     touch .venv/.genart-installed
 fi

@@ -2,6 +2,7 @@
 
     genart [--connection-file PATH] status | jobs [--state S] | events JOB [--since N]
            | wait JOB | cancel JOB | submit ENGINE [-p NAME=VALUE ...] [--wait] | shutdown
+           | generate --model M --prompt P [...] --out FILE
 
 It uses the same stdlib client as the Blender add-on. Exit codes: 0 success, 1 a job
 failed or was cancelled, 2 bad usage, 3 the sidecar cannot be reached.
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import generate
 from .protocol import Client, Event, default_state_dir
 from .protocol.errors import ConnectionLost, GenartError, JobCancelled, SidecarUnresponsive
 
@@ -68,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--task", default=None)
     submit.add_argument("--wait", action="store_true", help="follow the job to its end")
     sub.add_parser("shutdown", help="stop the sidecar")
+    gen = sub.add_parser(
+        "generate",
+        help="generate one image and write it (starts a sidecar for the call when none is running)",
+    )
+    generate.add_arguments(gen)
     return p
 
 
@@ -122,12 +129,25 @@ def run(args: argparse.Namespace, client: Client) -> int:
             return _follow(client, job)
     elif args.command == "shutdown":
         client.shutdown()
+    elif args.command == "generate":
+        return generate.generate(args, client)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = _connection_file(args.connection_file)
+    if args.command == "generate" and args.connection_file is None and not path.exists():
+        try:
+            with generate.private_sidecar() as conn:
+                return _session(args, conn)
+        except GenartError as exc:
+            print(f"genart: {exc}", file=sys.stderr)
+            return 3
+    return _session(args, path)
+
+
+def _session(args: argparse.Namespace, path: Path) -> int:
     try:
         client = Client.connect(path, client_name="genart-cli")
     except (OSError, ValueError, GenartError) as exc:

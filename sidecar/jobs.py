@@ -347,6 +347,8 @@ class JobRunner:
             body = msg.envelope.get("params") or {}
             if kind == "progress":
                 step, steps = int(body["step"]), max(int(body["steps"]), 1)
+                if step == 0:  # loading the model is not part of the steps' pace
+                    started = time.monotonic()
                 elapsed = time.monotonic() - started
                 eta = elapsed / step * (steps - step) if step else None
                 self.hub.emit(
@@ -364,7 +366,15 @@ class JobRunner:
                 self.hub.preview(job_id, {"frame": idx}, msg.attachments[0])
             elif kind == "done":
                 self.store.commit_frame(job_id, idx, body["outputs"])
-                self.hub.emit(job_id, "result", {"frame": idx, "outputs": body["outputs"]})
+                self.hub.emit(
+                    job_id,
+                    "result",
+                    {
+                        "frame": idx,
+                        "outputs": body["outputs"],
+                        "warnings": body.get("warnings", []),
+                    },
+                )
                 self._after_frame(job, idx)
                 return
             elif kind == "error":

@@ -144,7 +144,7 @@ class Worker:
             err = EngineFailed(f"the {run['engine']} engine failed: {type(exc).__name__}: {exc}")
             self.send("error", {**ids, "error": err.to_dict()})
         else:
-            self.send("done", {**ids, "outputs": metas})
+            self.send("done", {**ids, "outputs": metas, "warnings": ctx.warnings})
         finally:
             self.current_job = None
 

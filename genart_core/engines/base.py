@@ -67,6 +67,7 @@ class RunContext:
     on_progress: Callable[[int, int], None] = lambda step, steps: None
     on_preview: Callable[[Output], None] = lambda output: None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    warnings: list[str] = field(default_factory=list)
 
     def progress(self, step: int, steps: int) -> None:
         self.check_cancelled()
@@ -74,6 +75,10 @@ class RunContext:
 
     def preview(self, output: Output) -> None:
         self.on_preview(output)
+
+    def warn(self, message: str) -> None:
+        """Reports a fallback or an approximation; it reaches the client with the result."""
+        self.warnings.append(message)
 
     @property
     def cancelled(self) -> bool:
@@ -93,17 +98,31 @@ class Engine(ABC):
     tasks: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
     help: ClassVar[str] = ""
+    # What the engine can do whatever model it runs, e.g. {"depth_control": True}. Per
+    # model capabilities come from `model_capabilities` once a model is known.
+    capabilities: ClassVar[dict[str, Any]] = {}
+    # Inputs the engine reads, by name: {"image": "RGBA uint8 or float32 sRGB", ...}.
+    inputs: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
-        """The engine as advertised in the handshake: name, tasks, schema."""
+        """The engine as advertised in the handshake: name, tasks, schema, capabilities."""
         return {
             "name": cls.name,
             "version": cls.version,
             "tasks": list(cls.tasks),
             "params": [p.to_dict() for p in cls.params],
+            "inputs": dict(cls.inputs),
+            "capabilities": dict(cls.capabilities),
             "help": cls.help,
         }
+
+    def model_capabilities(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Capabilities of the model `params` select (may load it). Default: the engine's."""
+        return dict(self.capabilities)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Releases models and memory (called on unload and at worker exit)."""
 
     @abstractmethod
     def run(

@@ -42,6 +42,8 @@ class FakeEngine(Engine):
     version = "1"
     tasks = ("txt2img", "img2img", "sequence")
     help = "Test engine: deterministic patterns, with fault injection. Not a model."
+    capabilities = {"depth_control": False, "tileable": False}
+    inputs = {"image": "RGBA uint8, inverted by img2img"}
     params = (
         Param("width", "int", 64, "image width in pixels", min=1, max=8192),
         Param("height", "int", 64, "image height in pixels", min=1, max=8192),

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..protocol.errors import InvalidParams
 
-PARAM_TYPES = ("int", "float", "bool", "string", "enum", "int_list")
+PARAM_TYPES = ("int", "float", "bool", "string", "enum", "int_list", "float_list")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,15 @@ def _check_one(field: str, value: Any, spec: dict[str, Any]) -> Any:
                 field=field,
                 allowed=list(spec["choices"]),
             )
+    elif kind == "float_list":
+        if not isinstance(value, list) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+            for v in value
+        ):
+            raise InvalidParams(f"{field} must be a list of finite numbers", field=field)
+        value = [float(v) for v in value]
+        for v in value:
+            _check_range(field, v, spec)
     elif kind == "int_list":
         if not isinstance(value, list) or any(
             isinstance(v, bool) or not isinstance(v, int) for v in value

@@ -1,0 +1,493 @@
+"""StableDiffusionEngine: SD 1.5 / 2.x / SDXL (and Turbo, LCM) through diffusers.
+
+One engine serves text-to-image, image-to-image, inpainting and ControlNet control from
+the renderer's exact depth and normals (several ControlNets at once, each with a weight).
+Everything a request carries is validated before a model is touched. Models stay loaded
+between jobs; pipeline variants share one set of components (`from_pipe`), and nothing
+shared is changed per request except inside a `finally` that restores it (tileable
+padding). torch and diffusers are imported on first use, so describing the engine is free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...imaging.control import check_near_far, depth_to_disparity, fit_size, normals_to_bae
+from ...protocol.errors import EngineFailed, InvalidParams, OutOfMemory
+from ..base import Engine, Input, Output, RunContext
+from ..schema import Param
+from .arrays import input_array, to_mask, to_rgb
+
+log = logging.getLogger("genart.engines.sd")
+
+SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp_2m", "lcm")
+MAX_SIDE = 8192
+# Latent → RGB factors for cheap previews without a VAE decode (SD 1.x/2.x and SDXL).
+LATENT_RGB_SD = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+]
+LATENT_RGB_SDXL = [
+    [0.3651, 0.4232, 0.4341],
+    [-0.2533, -0.0042, 0.1068],
+    [0.1076, 0.1111, -0.0362],
+    [-0.3165, -0.2492, -0.2188],
+]
+
+
+@dataclass
+class Prepared:
+    """A request after validation: what the pipeline call needs, nothing model-specific."""
+
+    mode: str  # txt2img | img2img | inpaint
+    width: int
+    height: int
+    image: np.ndarray | None  # (H, W, 3) float32 sRGB in [0, 1]
+    mask: np.ndarray | None  # (H, W) float32, 1 = repaint
+    controls: list[tuple[str, str, float, np.ndarray]]  # (kind, model ref, weight, map)
+
+
+class StableDiffusionEngine(Engine):
+    name = "sd"
+    version = "1"
+    tasks = ("txt2img", "img2img", "inpaint", "control", "sequence")
+    help = (
+        "Stable Diffusion 1.5 / 2.x / SDXL and their Turbo/LCM variants through "
+        "diffusers: text, a render, a mask, and exact depth/normal control."
+    )
+    capabilities = {
+        "depth_control": "with depth_controlnet",
+        "normal_control": "with normal_controlnet",
+        "inpaint": True,
+        "tileable": True,
+        "multi_controlnet": True,
+    }
+    inputs = {
+        "image": "the render: (H, W, 3|4) uint8 or float32 sRGB; init image / inpaint source",
+        "mask": "(H, W) uint8 or float32; white/1 = regenerate (inpaint)",
+        "depth": "(H, W) float32 planar Z in scene units, +inf for background",
+        "normal": "(H, W, 3) float32 world-space normals (Blender's Normal pass)",
+    }
+    params = (
+        Param(
+            "model",
+            "string",
+            "",
+            "Hugging Face repo id, diffusers folder or .safetensors file",
+            max=4096,
+        ),
+        Param("prompt", "string", "", "what to generate", max=4000),
+        Param("negative_prompt", "string", "", "what to avoid", max=4000),
+        Param(
+            "width",
+            "int",
+            512,
+            "output width in pixels (resampled from the model's size)",
+            min=8,
+            max=MAX_SIDE,
+        ),
+        Param("height", "int", 512, "output height in pixels", min=8, max=MAX_SIDE),
+        Param(
+            "max_pixels",
+            "int",
+            4096 * 4096,
+            "refuse outputs larger than this",
+            min=64,
+            max=MAX_SIDE * MAX_SIDE,
+        ),
+        Param("steps", "int", 20, "denoising steps", min=1, max=150),
+        Param(
+            "guidance",
+            "float",
+            7.5,
+            "classifier-free guidance scale (0-1 for Turbo)",
+            min=0.0,
+            max=30.0,
+        ),
+        Param(
+            "strength",
+            "float",
+            0.6,
+            "how much an init image changes (img2img, inpaint)",
+            min=0.0,
+            max=1.0,
+        ),
+        Param(
+            "seed",
+            "int",
+            0,
+            "noise seed: the same request gives the same pixels",
+            min=0,
+            max=2**32 - 1,
+        ),
+        Param("scheduler", "enum", "default", "sampler", choices=SCHEDULERS),
+        Param("tileable", "bool", False, "seamless on all four edges (circular padding)"),
+        Param(
+            "depth_controlnet",
+            "string",
+            "",
+            "ControlNet for the depth input (repo, folder or file); empty: depth is not used",
+            max=4096,
+        ),
+        Param("depth_weight", "float", 1.0, "depth control weight", min=0.0, max=2.0),
+        Param("normal_controlnet", "string", "", "ControlNet for the normal input", max=4096),
+        Param("normal_weight", "float", 1.0, "normal control weight", min=0.0, max=2.0),
+        Param("near", "float", 0.0, "depth mapped to white (scene units; sequence-wide)", min=0.0),
+        Param("far", "float", 0.0, "depth mapped to black and beyond", min=0.0),
+        Param(
+            "camera_rotation",
+            "float_list",
+            [],
+            "camera-to-world 3×3 rotation, row-major (needed with a normal input)",
+            min=-1.0,
+            max=1.0,
+        ),
+        Param(
+            "control_fallback",
+            "bool",
+            False,
+            "run without control (and say so) when a "
+            "control input has no ControlNet, instead of failing",
+        ),
+        Param("preview_every", "int", 5, "send a preview every N steps (0: never)", min=0, max=150),
+    )
+
+    def __init__(self) -> None:
+        self._device: str | None = None
+        self._dtype: Any = None
+        self._bases: dict[str, Any] = {}
+        self._controlnets: dict[str, Any] = {}
+        self._variants: dict[tuple[Any, ...], Any] = {}
+
+    # -- validation (before any model is touched) -----------------------------------
+    def prepare(
+        self,
+        task: str,
+        params: dict[str, Any],
+        inputs: dict[str, Input],
+        ctx: RunContext | None = None,
+    ) -> Prepared:
+        if not params["model"]:
+            raise InvalidParams(
+                "choose a model: a Hugging Face repo id, a diffusers folder or a .safetensors file",
+                field="params.model",
+            )
+        width, height = params["width"], params["height"]
+        if width * height > params["max_pixels"]:
+            raise InvalidParams(
+                f"{width}×{height} is over the pixel cap {params['max_pixels']}",
+                field="params.width",
+                allowed={"max_pixels": params["max_pixels"]},
+            )
+        arrays = {name: input_array(inp) for name, inp in inputs.items() if name in self.inputs}
+        unknown = sorted(set(inputs) - set(self.inputs))
+        if unknown:
+            raise InvalidParams(
+                f"unknown input {unknown[0]!r}",
+                field=f"inputs.{unknown[0]}",
+                allowed=sorted(self.inputs),
+            )
+        shapes = {name: a.shape[:2] for name, a in arrays.items()}
+        if len(set(shapes.values())) > 1:
+            raise InvalidParams(
+                f"inputs differ in size: {shapes}",
+                field="inputs",
+                allowed="one (H, W) for all inputs",
+            )
+        image = to_rgb(arrays["image"], "inputs.image") if "image" in arrays else None
+        mask = to_mask(arrays["mask"], "inputs.mask") if "mask" in arrays else None
+
+        controls: list[tuple[str, str, float, np.ndarray]] = []
+        for kind in ("depth", "normal"):
+            if kind not in arrays:
+                continue
+            ref = params[f"{kind}_controlnet"]
+            if not ref:
+                message = (
+                    f"a {kind} input was sent but no {kind}_controlnet is set: the "
+                    f"model alone cannot use {kind} control"
+                )
+                if not params["control_fallback"]:
+                    raise InvalidParams(message, field=f"params.{kind}_controlnet")
+                if ctx is not None:
+                    ctx.warn(message + "; generated without it (control_fallback)")
+                continue
+            if kind == "depth":
+                check_near_far(params["near"], params["far"])
+                cmap = depth_to_disparity(arrays["depth"], params["near"], params["far"])
+                cmap = np.repeat(cmap[..., None], 3, axis=2)
+            else:
+                if len(params["camera_rotation"]) != 9:
+                    raise InvalidParams(
+                        "a normal input needs camera_rotation (9 numbers)",
+                        field="params.camera_rotation",
+                    )
+                cmap = normals_to_bae(arrays["normal"], np.array(params["camera_rotation"]))
+            controls.append((kind, ref, params[f"{kind}_weight"], cmap))
+        for kind in ("depth", "normal"):
+            if params[f"{kind}_controlnet"] and kind not in arrays:
+                raise InvalidParams(
+                    f"{kind}_controlnet is set but no {kind} input was sent", field=f"inputs.{kind}"
+                )
+
+        mode = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "inpaint"}.get(task)
+        if mode is None:  # control and sequence: decided by what came with the frame
+            mode = "inpaint" if mask is not None else "img2img" if image is not None else "txt2img"
+        if mode == "img2img" and image is None:
+            raise InvalidParams("img2img needs an image input", field="inputs.image")
+        if mode == "inpaint" and (image is None or mask is None):
+            raise InvalidParams("inpaint needs an image and a mask", field="inputs.mask")
+        if task == "control" and not controls:
+            raise InvalidParams(
+                "control needs a depth or normal input with its ControlNet", field="inputs.depth"
+            )
+        if mode != "txt2img" and int(params["steps"] * params["strength"]) < 1:
+            raise InvalidParams(
+                f"strength {params['strength']} × steps {params['steps']} leaves no denoising "
+                "step: raise strength or steps",
+                field="params.strength",
+                allowed={"min": 1.0 / params["steps"]},
+            )
+        return Prepared(mode, width, height, image, mask, controls)
+
+    # -- models ----------------------------------------------------------------------
+    def _ensure_device(self) -> None:
+        if self._device is None:
+            from ..device import pick_device
+
+            self._device, self._dtype = pick_device()
+            log.info("sd engine on %s (%s)", self._device, self._dtype)
+
+    def _base(self, ref: str) -> Any:
+        if ref not in self._bases:
+            from .loading import load_pipeline
+
+            pipe = load_pipeline(ref, torch_dtype=self._dtype)
+            pipe.to(self._device)
+            pipe.set_progress_bar_config(disable=True)
+            self._bases[ref] = pipe
+        return self._bases[ref]
+
+    def _controlnet(self, ref: str) -> Any:
+        if ref not in self._controlnets:
+            from .loading import load_controlnet
+
+            self._controlnets[ref] = load_controlnet(ref, torch_dtype=self._dtype).to(self._device)
+        return self._controlnets[ref]
+
+    def _pipeline(self, ref: str, mode: str, control_refs: tuple[str, ...]) -> Any:
+        key = (ref, mode, control_refs)
+        if key not in self._variants:
+            from diffusers import (
+                AutoPipelineForImage2Image,
+                AutoPipelineForInpainting,
+                AutoPipelineForText2Image,
+                MultiControlNetModel,
+            )
+
+            base = self._base(ref)
+            cls = {
+                "txt2img": AutoPipelineForText2Image,
+                "img2img": AutoPipelineForImage2Image,
+                "inpaint": AutoPipelineForInpainting,
+            }[mode]
+            kwargs: dict[str, Any] = {}
+            if control_refs:
+                nets = [self._controlnet(r) for r in control_refs]
+                kwargs["controlnet"] = nets[0] if len(nets) == 1 else MultiControlNetModel(nets)
+            pipe = cls.from_pipe(base, **kwargs)
+            pipe.set_progress_bar_config(disable=True)
+            self._variants[key] = pipe
+        return self._variants[key]
+
+    def model_capabilities(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._ensure_device()
+        base = self._base(params["model"])
+        return {
+            **self.capabilities,
+            "family": _family(base),
+            "native_size": _native_side(base),
+            "depth_control": bool(params.get("depth_controlnet")),
+            "normal_control": bool(params.get("normal_controlnet")),
+        }
+
+    def close(self) -> None:
+        self._variants.clear()
+        self._bases.clear()
+        self._controlnets.clear()
+
+    # -- running ---------------------------------------------------------------------
+    def run(
+        self, task: str, params: dict[str, Any], inputs: dict[str, Input], ctx: RunContext
+    ) -> list[Output]:
+        prep = self.prepare(task, params, inputs, ctx)
+        self._ensure_device()
+        import torch
+
+        try:
+            pipe = self._pipeline(params["model"], prep.mode, tuple(c[1] for c in prep.controls))
+            image = self._generate(pipe, prep, params, ctx)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise OutOfMemory(
+                f"out of memory on {self._device} at {prep.width}×{prep.height}: lower the "
+                "resolution or the number of ControlNets, or free GPU memory (close other "
+                f"GPU programs, render first, then generate). ({exc})".split("\n")[0]
+            ) from None
+        return [Output("image", image, "uint8", (prep.height, prep.width, 4), "srgb")]
+
+    def _generate(
+        self, pipe: Any, prep: Prepared, params: dict[str, Any], ctx: RunContext
+    ) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        base = self._bases[params["model"]]
+        # diffusers' SD pipelines want sides divisible by 8; a tileable latent must also
+        # stay a torus through every downsampling of the UNet.
+        multiple = pipe.vae_scale_factor
+        if params["tileable"]:
+            multiple *= 2 ** (len(base.unet.config.down_block_types) - 1)
+        multiple = math.lcm(multiple, 8)
+        side = _native_side(base)
+        gw, gh = fit_size(prep.width, prep.height, side * side, multiple)
+
+        def pil(arr: np.ndarray, mode: str = "RGB") -> Image.Image:
+            data = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            img = Image.fromarray(data, "L" if data.ndim == 2 else "RGB")
+            return img.resize((gw, gh), Image.Resampling.LANCZOS).convert(mode)
+
+        kwargs: dict[str, Any] = {
+            "prompt": params["prompt"],
+            "negative_prompt": params["negative_prompt"] or None,
+            "num_inference_steps": params["steps"],
+            "guidance_scale": params["guidance"],
+            "generator": torch.Generator("cpu").manual_seed(params["seed"]),
+            "output_type": "np",
+        }
+        if prep.mode == "txt2img":
+            kwargs.update(width=gw, height=gh)
+        else:
+            kwargs.update(image=pil(prep.image), strength=params["strength"])  # type: ignore[arg-type]
+        if prep.mode == "inpaint":
+            kwargs.update(mask_image=pil(prep.mask, "L"), width=gw, height=gh)  # type: ignore[arg-type]
+        if prep.controls:
+            maps = [pil(c[3]) for c in prep.controls]
+            weights = [c[2] for c in prep.controls]
+            key = "image" if prep.mode == "txt2img" else "control_image"
+            kwargs[key] = maps[0] if len(maps) == 1 else maps
+            kwargs["controlnet_conditioning_scale"] = weights[0] if len(weights) == 1 else weights
+        if params["scheduler"] != "default":
+            pipe = type(pipe).from_pipe(
+                pipe, scheduler=_scheduler(params["scheduler"], pipe.scheduler.config)
+            )
+            pipe.set_progress_bar_config(disable=True)
+        factors = LATENT_RGB_SDXL if _family(base) == "sdxl" else LATENT_RGB_SD
+        every = params["preview_every"]
+
+        def on_step(p: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            total = int(getattr(p, "num_timesteps", 0) or params["steps"])
+            ctx.progress(i + 1, total)  # raises Cancelled: the loop stops at this step
+            if every and ((i + 1) % every == 0) and "latents" in kw:
+                ctx.preview(_latent_preview(kw["latents"], factors))
+            return kw
+
+        # img2img and inpaint run only the last `strength` share of the schedule.
+        expected = (
+            params["steps"] if prep.mode == "txt2img" else int(params["steps"] * params["strength"])
+        )
+        ctx.progress(0, expected)
+        nets = list(self._controlnets.values())
+        with _tileable(base, nets, params["tileable"]), torch.inference_mode():
+            out = pipe(
+                **kwargs,
+                callback_on_step_end=on_step,
+                callback_on_step_end_tensor_inputs=["latents"],
+            ).images[0]
+        if not np.isfinite(out).all():
+            raise EngineFailed(
+                "the model produced NaN or inf pixels (try fp32 or another VAE)",
+                field="params.model",
+            )
+        img = Image.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
+        if img.size != (prep.width, prep.height):
+            img = img.resize((prep.width, prep.height), Image.Resampling.LANCZOS)
+        return np.ascontiguousarray(np.asarray(img.convert("RGBA")))
+
+
+def _family(pipe: Any) -> str:
+    name = type(pipe).__name__
+    if "XL" in name:
+        return "sdxl"
+    return "sd2" if getattr(pipe.unet.config, "cross_attention_dim", 768) == 1024 else "sd1"
+
+
+def _native_side(pipe: Any) -> int:
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def _scheduler(name: str, config: Any) -> Any:
+    import diffusers
+
+    cls = {
+        "ddim": diffusers.DDIMScheduler,
+        "euler": diffusers.EulerDiscreteScheduler,
+        "euler_a": diffusers.EulerAncestralDiscreteScheduler,
+        "dpmpp_2m": diffusers.DPMSolverMultistepScheduler,
+        "lcm": diffusers.LCMScheduler,
+    }[name]
+    return cls.from_config(config)
+
+
+def _latent_preview(latents: Any, factors: list[list[float]]) -> Output:
+    """A small RGB preview straight from the latents: no VAE decode, ~free."""
+    import torch
+
+    lat = latents[0].float().cpu()  # (C, h, w)
+    if lat.shape[0] == len(factors):
+        rgb = torch.einsum("chw,cr->hwr", lat, torch.tensor(factors))
+        rgb = (rgb + 1.0) * 0.5
+    else:  # an unknown latent space: its first three channels, normalised
+        rgb = lat[:3].permute(1, 2, 0)
+        rgb = (rgb - rgb.amin()) / (rgb.amax() - rgb.amin() + 1e-8)
+    data = (rgb.clamp(0, 1) * 255).to(torch.uint8).numpy()
+    rgba = np.concatenate([data, np.full(data.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    return Output("preview", np.ascontiguousarray(rgba), "uint8", rgba.shape, "srgb")
+
+
+@contextlib.contextmanager
+def _tileable(pipe: Any, extra: list[Any], on: bool) -> Iterator[None]:
+    """Circular padding in every conv of the UNet, VAE (and ControlNets) for the call;
+    the shared modules get their own padding back afterwards, whatever happens."""
+    if not on:
+        yield
+        return
+    import torch
+
+    saved = []
+    for module in [pipe.unet, pipe.vae, *extra]:
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                saved.append((conv, conv.padding_mode))
+                conv.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for conv, mode in saved:
+            conv.padding_mode = mode
+
+
+def local_ref(ref: str) -> Path | None:
+    """The local path a model reference names, or None for a repo id."""
+    path = Path(os.path.expanduser(ref))
+    return path if path.exists() or ref.startswith((".", "/", "~")) or "\\" in ref else None

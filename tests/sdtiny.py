@@ -1,0 +1,115 @@
+"""Tiny real Stable Diffusion models built from configs on the CPU, saved as diffusers
+folders: the real architectures' classes and loading code, random weights, 64² native."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+WORDS = ["a", "red", "blue", "green", "brick", "wall", "stone", "wood", "marble", "sky"]
+
+
+def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose every word is one token (no downloads)."""
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab_tokens = specials + letters + [c + "</w>" for c in letters] + [w + "</w>" for w in WORDS]
+    merges = ["#version: 0.2"]
+    seen = set(letters) | {c + "</w>" for c in letters}
+    for word in WORDS:  # merge left to right: r e d</w> → re d</w> → red</w>
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            a, b = parts[0], parts[1]
+            merges.append(f"{a} {b}")
+            merged = a + b
+            if merged not in seen:
+                seen.add(merged)
+                if merged not in vocab_tokens:
+                    vocab_tokens.append(merged)
+            parts = [merged] + parts[2:]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab_tokens)}))
+    (folder / "merges.txt").write_text("\n".join(dict.fromkeys(merges)) + "\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16
+    )
+
+
+def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        sample_size=64,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=128,
+            max_position_embeddings=16,
+        )
+    )
+    tokenizer = tiny_tokenizer(folder / "_tok")
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder / "sd")
+    return folder / "sd"
+
+
+def build_tiny_controlnet(sd_folder: Path, out: Path, seed: int = 1) -> Path:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(sd_folder / "unet")
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    # Random, not zero, output convolutions: the control must change the image in tests.
+    for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+        torch.nn.init.normal_(block.weight, std=0.5)
+    net.save_pretrained(out)
+    return out

@@ -1,0 +1,378 @@
+"""The Stable Diffusion engine on tiny real diffusers models (random weights, built from
+configs, saved as diffusers folders): every mode through a real sidecar, sizes, control,
+validation, determinism across processes, tileable exactness, cancel."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SidecarProcess
+from sdtiny import build_tiny_controlnet, build_tiny_sd
+
+from genart_core.engines.base import Input
+from genart_core.engines.schema import validate_params
+from genart_core.engines.sd.engine import StableDiffusionEngine, _tileable
+from genart_core.protocol import Attachment, Client, Event
+from genart_core.protocol.errors import InvalidParams, JobCancelled
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    sd = build_tiny_sd(root)
+    cn = build_tiny_controlnet(sd, root / "controlnet")
+    return {"sd": str(sd), "cn": str(cn)}
+
+
+def arr(name: str, a: np.ndarray, color_space: str = "linear") -> Attachment:
+    a = np.ascontiguousarray(a)
+    return Attachment.array(name, a, str(a.dtype), a.shape, color_space)
+
+
+def render(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return (np.random.RandomState(seed).rand(h, w, 4) * 255).astype(np.uint8)
+
+
+def depth_map(h: int, w: int) -> np.ndarray:
+    d = np.full((h, w), np.inf, np.float32)
+    d[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 4.0
+    return d
+
+
+def run(
+    client: Client,
+    task: str,
+    params: dict,
+    inputs: dict | None = None,
+    events: list[Event] | None = None,
+) -> np.ndarray:
+    job = client.submit("sd", params, task=task, inputs=inputs)
+    client.wait(job, events.append if events is not None else None, timeout=300)
+    img = client.result(job).attachments["image"]
+    assert img.shape is not None
+    return np.frombuffer(img.data, np.uint8).reshape(img.shape).copy()
+
+
+@pytest.mark.process
+class TestThroughTheSidecar:
+    def test_every_mode_gives_the_requested_size(
+        self, sidecar: SidecarProcess, models: dict[str, str]
+    ) -> None:
+        base = {"model": models["sd"], "prompt": "a red brick wall", "steps": 4, "preview_every": 2}
+        cn = {"depth_controlnet": models["cn"], "near": 1.0, "far": 10.0}
+        rot = [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]
+        normal = np.zeros((33, 77, 3), np.float32)
+        normal[..., 2] = 1.0
+        cases = [
+            ("txt2img", {"width": 100, "height": 60}, {}),
+            (
+                "img2img",
+                {"width": 37, "height": 91, "strength": 0.7},
+                {"image": arr("image", render(91, 37), "srgb")},
+            ),
+            (
+                "inpaint",
+                {"width": 64, "height": 64},
+                {
+                    "image": arr("image", render(64, 64), "srgb"),
+                    "mask": arr(
+                        "mask", (np.arange(64 * 64).reshape(64, 64) % 3 == 0).astype(np.uint8) * 255
+                    ),
+                },
+            ),
+            (
+                "control",
+                {"width": 90, "height": 50, **cn},
+                {"depth": arr("depth", depth_map(50, 90))},
+            ),
+            (
+                "control",
+                {
+                    "width": 77,
+                    "height": 33,
+                    **cn,
+                    "normal_controlnet": models["cn"],
+                    "camera_rotation": rot,
+                    "normal_weight": 0.5,
+                },
+                {
+                    "depth": arr("depth", depth_map(33, 77)),
+                    "normal": arr("normal", normal),
+                    "image": arr("image", render(33, 77), "srgb"),
+                },
+            ),
+        ]
+        with sidecar.connect() as c:
+            sd = next(e for e in c.welcome["engines"] if e["name"] == "sd")
+            assert "inpaint" in sd["tasks"] and sd["capabilities"]["tileable"] is True
+            for task, extra, inputs in cases:
+                events: list[Event] = []
+                img = run(c, task, {**base, **extra}, inputs, events)
+                assert img.shape == (extra["height"], extra["width"], 4), task
+                assert (img[..., 3] == 255).all()
+                assert img[..., :3].std() > 0, f"{task}: a flat image"
+                assert any(e.type == "preview" for e in events), task
+                progress = [e.data for e in events if e.type == "progress"]
+                assert [p["step"] for p in progress] == sorted(p["step"] for p in progress)
+                assert progress[-1]["step"] == progress[-1]["steps"] > 0
+
+    def test_control_changes_the_image_and_fallback_is_reported(
+        self, sidecar: SidecarProcess, models: dict[str, str]
+    ) -> None:
+        base = {
+            "model": models["sd"],
+            "prompt": "stone",
+            "steps": 3,
+            "width": 64,
+            "height": 64,
+            "near": 1.0,
+            "far": 10.0,
+        }
+        depth = {"depth": arr("depth", depth_map(64, 64))}
+        with sidecar.connect() as c:
+            off = run(
+                c, "control", {**base, "depth_controlnet": models["cn"], "depth_weight": 0.0}, depth
+            )
+            on = run(c, "control", {**base, "depth_controlnet": models["cn"]}, depth)
+            assert np.abs(on.astype(int) - off.astype(int)).mean() > 1.0
+            with pytest.raises(InvalidParams) as exc:
+                run(c, "txt2img", base, depth)
+            assert exc.value.field == "params.depth_controlnet"
+            events: list[Event] = []
+            run(c, "txt2img", {**base, "control_fallback": True}, depth, events)
+            (result,) = [e for e in events if e.type == "result"]
+            assert "depth_controlnet" in result.data["warnings"][0]
+
+    @pytest.mark.parametrize(
+        ("task", "params", "inputs", "field"),
+        [
+            ("txt2img", {}, {}, "params.model"),
+            (
+                "txt2img",
+                {"width": 4000, "height": 4000, "max_pixels": 1_000_000},
+                {},
+                "params.width",
+            ),
+            (
+                "control",
+                {"depth_controlnet": "CN", "near": 5.0, "far": 1.0},
+                {"depth": np.ones((8, 8), np.float32)},
+                "params.near",
+            ),
+            (
+                "control",
+                {"depth_controlnet": "CN", "near": 1.0, "far": 5.0},
+                {"depth": np.full((8, 8), np.nan, np.float32)},
+                "inputs.depth",
+            ),
+            (
+                "img2img",
+                {},
+                {"image": np.zeros((8, 8, 4), np.uint8), "mask": np.zeros((9, 8), np.uint8)},
+                "inputs",
+            ),
+            ("img2img", {}, {}, "inputs.image"),
+            (
+                "control",
+                {"normal_controlnet": "CN"},
+                {"normal": np.ones((8, 8, 3), np.float32)},
+                "params.camera_rotation",
+            ),
+            ("txt2img", {"model": "/nowhere/model.safetensors"}, {}, "params.model"),
+            ("txt2img", {"model": "not a repo id"}, {}, "params.model"),
+        ],
+    )
+    def test_bad_requests_are_typed_errors(
+        self,
+        sidecar: SidecarProcess,
+        models: dict[str, str],
+        task: str,
+        params: dict,
+        inputs: dict,
+        field: str,
+    ) -> None:
+        p = {"model": models["sd"], "steps": 1, **params}
+        if p.get("depth_controlnet") == "CN":
+            p["depth_controlnet"] = models["cn"]
+        if p.get("normal_controlnet") == "CN":
+            p["normal_controlnet"] = models["cn"]
+        if field == "params.model" and "model" not in params:
+            p["model"] = ""
+        with sidecar.connect() as c, pytest.raises(InvalidParams) as exc:
+            run(c, task, p, {k: arr(k, v) for k, v in inputs.items()})
+        assert exc.value.field == field, exc.value
+
+    def test_pickle_checkpoints_are_refused(self, sidecar: SidecarProcess, tmp_path: Path) -> None:
+        ckpt = tmp_path / "model.ckpt"
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, ckpt)
+        with sidecar.connect() as c, pytest.raises(InvalidParams) as exc:
+            run(c, "txt2img", {"model": str(ckpt), "steps": 1})
+        assert exc.value.field == "params.model" and "pickle" in exc.value.message.lower()
+
+    def test_cancel_stops_within_a_step(
+        self, sidecar: SidecarProcess, models: dict[str, str]
+    ) -> None:
+        with sidecar.connect() as c:
+            job = c.submit(
+                "sd",
+                {
+                    "model": models["sd"],
+                    "steps": 150,
+                    "width": 64,
+                    "height": 64,
+                    "preview_every": 0,
+                },
+            )
+            seen: list[Event] = []
+            while not any(e.type == "progress" and e.data["step"] >= 2 for e in seen):
+                ev = c.next_event(timeout=120)
+                assert ev is not None
+                seen.append(ev)
+            t0 = time.monotonic()
+            c.cancel(job)
+            with pytest.raises(JobCancelled):
+                c.wait(job, seen.append, timeout=30)
+            assert time.monotonic() - t0 < 2.0
+            last = max(e.data["step"] for e in seen if e.type == "progress")
+            assert last < 150
+            assert c.events(job)[-1].data.get("worker_restarted") is None  # it yielded
+
+
+@pytest.mark.process
+def test_same_request_same_pixels_in_two_fresh_sidecars(
+    tmp_path: Path, models: dict[str, str]
+) -> None:
+    params = {
+        "model": models["sd"],
+        "prompt": "a blue marble",
+        "steps": 3,
+        "width": 72,
+        "height": 48,
+        "seed": 1234,
+    }
+    images = []
+    for i in range(2):
+        sc = SidecarProcess(tmp_path / f"state{i}").start()
+        try:
+            with sc.connect() as c:
+                images.append(run(c, "txt2img", params))
+                if i == 0:
+                    other = run(c, "txt2img", {**params, "seed": 1235})
+        finally:
+            sc.stop()
+    assert np.array_equal(images[0], images[1])
+    assert not np.array_equal(images[0], other)
+
+
+def test_tileable_is_exactly_shift_equivariant_on_the_torus(models: dict[str, str]) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn((1, 4, 32, 32), generator=torch.Generator().manual_seed(0))
+    k = 6  # latent pixels; a multiple of the UNet's downsampling (2)
+
+    def gen(lat: torch.Tensor) -> np.ndarray:
+        return pipe("a brick wall", latents=lat, num_inference_steps=3, output_type="np").images[0]
+
+    factor = pipe.vae_scale_factor
+    with _tileable(pipe, [], True):
+        a = gen(latents)
+        b = gen(torch.roll(latents, shifts=(k, -k), dims=(2, 3)))
+    err = np.abs(np.roll(a, (factor * k, -factor * k), axis=(0, 1)) - b).max()
+    assert err < 1e-5, err
+    plain_a, plain_b = gen(latents), gen(torch.roll(latents, shifts=(k, -k), dims=(2, 3)))
+    plain_err = np.abs(np.roll(plain_a, (factor * k, -factor * k), axis=(0, 1)) - plain_b).max()
+    assert plain_err > 1e-2, plain_err
+    # The shared modules got their padding back.
+    assert all(
+        m.padding_mode == "zeros" for m in pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)
+    )
+
+
+def test_control_map_uses_the_requests_near_far(models: dict[str, str], tmp_path: Path) -> None:
+    """A per-image min/max would change the subject's grey level when the background
+    changes; the request's near/far must not."""
+    engine = StableDiffusionEngine()
+    schema = [p.to_dict() for p in engine.params]
+    params = validate_params(
+        schema, {"model": models["sd"], "depth_controlnet": models["cn"], "near": 1.0, "far": 20.0}
+    )
+    maps = []
+    for background in (np.inf, 8.0, 19.0):
+        d = np.full((16, 16), background, np.float32)
+        d[4:12, 4:12] = 4.0
+        path = tmp_path / f"d{background}.bin"
+        d.tofile(path)
+        prep = engine.prepare(
+            "control", params, {"depth": Input("depth", "array", path, "float32", (16, 16))}
+        )
+        maps.append(prep.controls[0][3][..., 0])
+    subject = [m[8, 8] for m in maps]
+    expected = (1 / 4 - 1 / 20) / (1 / 1 - 1 / 20)
+    assert np.allclose(subject, expected, atol=1e-6), subject
+    assert maps[0][0, 0] == 0.0 and maps[1][0, 0] > maps[2][0, 0] > 0.0
+
+
+@pytest.mark.process
+def test_genart_generate_writes_the_image(
+    sidecar: SidecarProcess, models: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    Image.fromarray(render(40, 56)[..., :3]).save(tmp_path / "render.png")
+    np.save(tmp_path / "depth.npy", depth_map(40, 56))
+    out = tmp_path / "out.png"
+    cmd = [
+        sys.executable,
+        "-m",
+        "genart_core.cli",
+        "--connection-file",
+        str(sidecar.connection_file),
+        "generate",
+        "--model",
+        models["sd"],
+        "--prompt",
+        "green wood",
+        "--width",
+        "56",
+        "--height",
+        "40",
+        "--steps",
+        "3",
+        "--init-image",
+        str(tmp_path / "render.png"),
+        "--strength",
+        "0.8",
+        "--depth",
+        str(tmp_path / "depth.npy"),
+        "--depth-controlnet",
+        models["cn"],
+        "--near",
+        "1",
+        "--far",
+        "10",
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "0/2" in res.stderr and "2/2" in res.stderr  # 3 steps × strength 0.8
+    with Image.open(out) as img:
+        assert img.size == (56, 40)
+    bad = subprocess.run(
+        cmd[:-2] + ["--far", "0.5", "--out", str(tmp_path / "x.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "params.near" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) <= 2 and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x.png").exists()
