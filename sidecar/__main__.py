@@ -70,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds an engine gets to stop after cancel before its worker is killed",
     )
     p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cuda", "mps", "cpu"],
+        help="where engines run (auto: CUDA fp16 > MPS fp16 > CPU fp32)",
+    )
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="also load pickle checkpoints (.ckpt/.pt/.bin); they can run arbitrary code",
+    )
+    p.add_argument(
         "--hello-timeout",
         type=float,
         default=10.0,
@@ -121,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         max_store_bytes=args.max_store_mb * 2**20,
         cancel_grace=args.cancel_grace,
         hello_timeout=args.hello_timeout,
+        device=args.device,
+        allow_pickle=args.allow_pickle,
         token=os.environ.pop("GENART_SIDECAR_TOKEN", None),
     )
     sidecar = Sidecar(config)

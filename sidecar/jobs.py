@@ -11,6 +11,7 @@ running; a frame that crashed the worker twice fails and the rest of its sequenc
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -52,7 +53,14 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as errlog:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sidecar.worker", *self.args],
+                [
+                    sys.executable,
+                    "-m",
+                    "sidecar.worker",
+                    "--server-pid",
+                    str(os.getpid()),
+                    *self.args,
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=errlog,

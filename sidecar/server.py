@@ -152,6 +152,8 @@ class SidecarConfig:
     cancel_grace: float = 3.0
     token: str | None = None
     limits: Limits = Limits()
+    device: str = "auto"  # auto | cuda | mps | cpu
+    allow_pickle: bool = False  # load pickle checkpoints (.ckpt/.pt/.bin): runs their code
     hello_timeout: float = 10.0  # seconds a new connection has to authenticate
 
 
@@ -186,7 +188,11 @@ class Sidecar:
         self.hub = EventHub(self.store)
         for job in self.store.recover():
             self.hub.emit(job, "queued", {"recovered": True})
-        worker_args = ["--test-engines"] if self.config.test_engines else []
+        worker_args = ["--device", self.config.device]
+        if self.config.test_engines:
+            worker_args.append("--test-engines")
+        if self.config.allow_pickle:
+            worker_args.append("--allow-pickle")
         self.runner = JobRunner(
             self.store,
             self.hub,

@@ -35,6 +35,8 @@ from genart_core.protocol.errors import (
 )
 from genart_core.protocol.framing import Attachment, FrameStream
 
+from .procutil import pid_alive
+
 log = logging.getLogger("genart.worker")
 
 
@@ -77,7 +79,7 @@ class Worker:
             {
                 "pid": os.getpid(),
                 "engines": [cls.describe() for cls in self.engine_classes.values()],
-                "device": "cpu",
+                "device": os.environ.get("GENART_DEVICE", "auto"),
             },
         )
         threading.Thread(target=self.read_loop, name="worker-reader", daemon=True).start()
@@ -170,10 +172,42 @@ def _store(out: Output, folder: Path, frame: int) -> dict[str, Any]:
     }
 
 
+def die_with(server_pid: int) -> None:
+    """Ends this worker when the server process is gone, whatever the engine is doing.
+
+    Stdin's end of file is the portable signal, but a reader thread cannot see it while an
+    engine holds the GIL; on Linux the kernel's parent-death signal kills us regardless.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if not pid_alive(server_pid) or os.getppid() != server_pid:
+        os._exit(0)  # the server died before we could ask to follow it
+
+    def watch() -> None:
+        while pid_alive(server_pid):
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="server-watchdog", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="genart-worker")
     parser.add_argument("--test-engines", action="store_true")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    parser.add_argument("--allow-pickle", action="store_true")
+    parser.add_argument("--server-pid", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.server_pid:
+        die_with(args.server_pid)
+    # Engines read these (genart_core.engines.device, sd.loading).
+    os.environ["GENART_DEVICE"] = args.device
+    os.environ["GENART_ALLOW_PICKLE"] = "1" if args.allow_pickle else "0"
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

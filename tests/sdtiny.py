@@ -45,10 +45,10 @@ def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     )
 
 
-def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
+def build_tiny_sd(folder: Path, seed: int = 0, sample_size: int = 32) -> Path:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=32,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
@@ -66,7 +66,7 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1,
-        sample_size=64,
+        sample_size=sample_size * 2,
     )
     text = CLIPTextModel(
         CLIPTextConfig(
@@ -112,4 +112,85 @@ def build_tiny_controlnet(sd_folder: Path, out: Path, seed: int = 1) -> Path:
     for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
         torch.nn.init.normal_(block.weight, std=0.5)
     net.save_pretrained(out)
+    return out
+
+
+def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
+    """The SDXL pipeline class with two text encoders and micro-conditioning, tiny."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        sample_size=64,
+    )
+    cfg = dict(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=128,
+        max_position_embeddings=16,
+    )
+    text = CLIPTextModel(CLIPTextConfig(**cfg))
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg, projection_dim=32))
+    tokenizer = tiny_tokenizer(folder / "_tokxl")
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text,
+        text_encoder_2=text_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(folder / "sdxl")
+    return folder / "sdxl"
+
+
+def build_tiny_taesd(out: Path, seed: int = 2) -> Path:
+    """An AutoencoderTiny whose decoder upsamples 2×, like the tiny VAEs above."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    AutoencoderTiny(
+        encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+    ).save_pretrained(out)
     return out

@@ -122,3 +122,29 @@ def test_threaded_client_never_blocks_its_caller(tmp_path, fresh_sidecar: Sideca
     assert sum(e.type == "progress" for e in seen) == 21
     client.close()
     assert client.state == "closed"
+
+
+def test_a_worker_stuck_in_the_gil_dies_with_its_killed_server(
+    fresh_sidecar: SidecarProcess,
+) -> None:
+    sc = fresh_sidecar
+    with sc.connect() as c:
+        job = c.submit("fake", {"steps": 5, "mode": "gil"})
+        deadline = time.monotonic() + 10
+        while c.status(job)["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        (worker,) = sc.worker_pids()
+    sc.kill()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{worker}") and _state(worker) != "Z":
+        assert time.monotonic() < deadline, "the worker outlived its server"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
+    except OSError:
+        return "gone"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SidecarProcess
-from sdtiny import build_tiny_controlnet, build_tiny_sd
+from sdtiny import build_tiny_controlnet, build_tiny_sd, build_tiny_sdxl, build_tiny_taesd
 
 from genart_core.engines.base import Input
 from genart_core.engines.schema import validate_params
@@ -25,7 +25,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
     sd = build_tiny_sd(root)
     cn = build_tiny_controlnet(sd, root / "controlnet")
-    return {"sd": str(sd), "cn": str(cn)}
+    return {
+        "sd": str(sd),
+        "cn": str(cn),
+        "sdxl": str(build_tiny_sdxl(root)),
+        "taesd": str(build_tiny_taesd(root / "taesd")),
+    }
 
 
 def arr(name: str, a: np.ndarray, color_space: str = "linear") -> Attachment:
@@ -119,6 +124,41 @@ class TestThroughTheSidecar:
                 progress = [e.data for e in events if e.type == "progress"]
                 assert [p["step"] for p in progress] == sorted(p["step"] for p in progress)
                 assert progress[-1]["step"] == progress[-1]["steps"] > 0
+
+    def test_sdxl_family_and_taesd_previews(
+        self, sidecar: SidecarProcess, models: dict[str, str]
+    ) -> None:
+        with sidecar.connect() as c:
+            base = {"model": models["sdxl"], "prompt": "blue sky", "steps": 2}
+            img = run(c, "txt2img", {**base, "width": 70, "height": 30})
+            assert img.shape == (30, 70, 4)
+            img = run(
+                c,
+                "img2img",
+                {**base, "width": 33, "height": 50, "strength": 1.0},
+                {"image": arr("image", render(50, 33), "srgb")},
+            )
+            assert img.shape == (50, 33, 4)
+            previews: dict[str, tuple] = {}
+            for name, extra in (("latent", {}), ("taesd", {"preview_vae": models["taesd"]})):
+                events: list[Event] = []
+                run(
+                    c,
+                    "txt2img",
+                    {
+                        "model": models["sd"],
+                        "steps": 2,
+                        "width": 64,
+                        "height": 64,
+                        "preview_every": 1,
+                        **extra,
+                    },
+                    None,
+                    events,
+                )
+                previews[name] = next(e.attachment.shape for e in events if e.type == "preview")
+            # The latent approximation is at latent size; TAESD decodes to full size.
+            assert previews == {"latent": (32, 32, 4), "taesd": (64, 64, 4)}
 
     def test_control_changes_the_image_and_fallback_is_reported(
         self, sidecar: SidecarProcess, models: dict[str, str]

@@ -98,3 +98,15 @@ def _from_cache(cls: Any, ref: str, torch_dtype: Any, field: str, **kwargs: Any)
             f"first or point to a local folder or .safetensors file ({str(exc)[:200]})",
             field=field,
         ) from None
+
+
+def load_preview_vae(ref: str, *, torch_dtype: Any, field: str = "params.preview_vae") -> Any:
+    """A TAESD (`AutoencoderTiny`) for previews, from a folder or the local cache."""
+    from diffusers import AutoencoderTiny
+
+    path = _local(ref)
+    if path is not None:
+        if not (path / "config.json").is_file():
+            raise InvalidParams(f"{path} is not a diffusers AutoencoderTiny folder", field=field)
+        return AutoencoderTiny.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
+    return _from_cache(AutoencoderTiny, ref, torch_dtype, field)
