@@ -5,11 +5,13 @@ if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv with $PY"
     "$PY" -m venv .venv
 fi
-if [ ! -f .venv/.genart-installed ] || [ pyproject.toml -nt .venv/.genart-installed ]; then
+stamp=.venv/.genart-installed
+if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ] \
+    || [ examples/genart-texsynth/pyproject.toml -nt $stamp ]; then
     echo "== installing dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q torch==2.13.0
     .venv/bin/python -m pip install -q -e ".[dev,engines]"
     .venv/bin/python -m pip install -q -e examples/genart-texsynth
-    touch .venv/.genart-installed
+    touch $stamp
 fi

@@ -74,13 +74,13 @@ def test_hung_server_process_is_detected(fresh_sidecar: SidecarProcess, mode: st
 @pytest.mark.parametrize("mode", ["hang", "gil"])
 def test_busy_engine_does_not_look_hung(fresh_sidecar: SidecarProcess, mode: str) -> None:
     sc = fresh_sidecar
-    threaded = ThreadedClient(sc.connection_file, ping_interval=0.5).start()
+    threaded = ThreadedClient(sc.connection_file, ping_interval=1.0).start()
     assert threaded.ready.wait(10)
     with sc.connect() as c:
         job = c.submit("fake", {"steps": 5, "mode": mode})
         time.sleep(0.5)
         assert c.status(job)["state"] == "running"
-        time.sleep(4.0)  # well past 3 missed pings at 0.5 s
+        time.sleep(4.0)  # past 3 missed pings at 1 s
         assert threaded.state == "ready"
         rtt = time.monotonic()
         threaded.call("ping", timeout=2)

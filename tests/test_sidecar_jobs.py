@@ -150,7 +150,7 @@ def test_cancel_kills_and_restarts_a_worker_that_does_not_yield(
     assert client.cancel(job)["state"] == "cancelling"
     with pytest.raises(JobCancelled):
         client.wait(job, timeout=15)
-    assert time.monotonic() - t0 < 3.0 + 2.0  # grace period + restart slack
+    assert time.monotonic() - t0 < 3.0 + 4.0  # grace period + restart slack
     history = client.events(job)
     assert history[-1].type == "cancelled" and history[-1].data.get("worker_restarted")
     # A new worker serves the next job.
