@@ -5,7 +5,7 @@ paths, then alternates rounds: `StableDiffusionEngine.run` called in this proces
 same request submitted to a sidecar (submit → events → result bytes back). Prints medians
 and the ratio sidecar / in-process (target <= 1.03, DESIGN §8). Usage:
 
-    python bench/overhead.py [--rounds 7] [--steps 20] [--json OUT]
+    python bench/overhead.py [--rounds 5] [--steps 10] [--json OUT]
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from genart_core.protocol import Client, ConnectionInfo  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="genart-overhead-") as tmp:
-        model = build_tiny_sd(Path(tmp) / "m", sample_size=128)  # 256² native
+        model = build_tiny_sd(Path(tmp) / "m", sample_size=128, levels=3)  # 256² native
         request = {
             "model": str(model),
             "prompt": "a red brick wall",

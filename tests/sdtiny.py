@@ -45,16 +45,17 @@ def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     )
 
 
-def build_tiny_sd(folder: Path, seed: int = 0, sample_size: int = 32) -> Path:
+def build_tiny_sd(folder: Path, seed: int = 0, sample_size: int = 32, levels: int = 2) -> Path:
+    """`levels` UNet levels, cross-attention only on the coarsest (cheap at 256²)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64)[:levels],
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
         cross_attention_dim=32,
         attention_head_dim=8,
     )
