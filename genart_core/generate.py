@@ -72,11 +72,17 @@ def _depth_input(path: Path) -> Attachment:
             ) from None
         with OpenEXR.File(str(path)) as exr:
             channels = exr.channels()
-            name = next(
-                (n for n in channels if n.endswith(("Z", "Depth.Z", "Y", "R"))),
-                next(iter(channels)),
-            )
-            depth = np.asarray(channels[name].pixels)
+            # Blender's multilayer EXR names it "<ViewLayer>.Depth.Z"; a plain one "Z".
+            names = [n for n in channels if n == "Z" or n.endswith(".Z")]
+            if not names and len(channels) == 1:  # one unnamed grey channel
+                names = [n for n in channels if np.asarray(channels[n].pixels).ndim == 2]
+            if not names:
+                raise InvalidParams(
+                    f"no depth channel (Z) in {path}: it has {sorted(channels)}",
+                    field="--depth",
+                    allowed=["Z", "<layer>.Depth.Z"],
+                )
+            depth = np.asarray(channels[names[0]].pixels)
     else:
         raise InvalidParams(
             f"depth must be .npy or .exr, not {path.suffix}",

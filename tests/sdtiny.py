@@ -45,6 +45,46 @@ def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     )
 
 
+def _tiny_vae(sample_size: int) -> AutoencoderKL:
+    """A 2-level AutoencoderKL: 2× downsampling, 4 latent channels."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        sample_size=sample_size,
+    )
+
+
+def _text_config(**extra: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=128,
+        max_position_embeddings=16,
+        **extra,
+    )
+
+
+def _scheduler() -> DDIMScheduler:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def build_tiny_sd(folder: Path, seed: int = 0, sample_size: int = 32, levels: int = 2) -> Path:
     """`levels` UNet levels, cross-attention only on the coarsest (cheap at 256²)."""
     torch.manual_seed(seed)
@@ -59,44 +99,12 @@ def build_tiny_sd(folder: Path, seed: int = 0, sample_size: int = 32, levels: in
         cross_attention_dim=32,
         attention_head_dim=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        sample_size=sample_size * 2,
-    )
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=128,
-            max_position_embeddings=16,
-        )
-    )
-    tokenizer = tiny_tokenizer(folder / "_tok")
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
     pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tokenizer,
+        vae=_tiny_vae(sample_size * 2),
+        text_encoder=CLIPTextModel(_text_config()),
+        tokenizer=tiny_tokenizer(folder / "_tok"),
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -138,46 +146,15 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> Path:
         projection_class_embeddings_input_dim=80,
         cross_attention_dim=64,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        sample_size=64,
-    )
-    cfg = dict(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=128,
-        max_position_embeddings=16,
-    )
-    text = CLIPTextModel(CLIPTextConfig(**cfg))
-    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg, projection_dim=32))
     tokenizer = tiny_tokenizer(folder / "_tokxl")
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
     pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text,
-        text_encoder_2=text_2,
+        vae=_tiny_vae(64),
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=32)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=_scheduler(),
     )
     pipe.save_pretrained(folder / "sdxl")
     return folder / "sdxl"

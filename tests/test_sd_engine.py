@@ -416,3 +416,24 @@ def test_genart_generate_writes_the_image(
     assert bad.returncode == 2 and "params.near" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) <= 2 and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_depth_from_a_blender_style_multilayer_exr(tmp_path: Path) -> None:
+    import OpenEXR
+
+    from genart_core.generate import _depth_input
+
+    z = depth_map(6, 8)
+    rgba = np.random.RandomState(0).rand(6, 8).astype(np.float32)
+    layers = {f"ViewLayer.Combined.{c}": rgba for c in "RGBA"}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with OpenEXR.File(header, {**layers, "ViewLayer.Depth.Z": z}) as f:
+        f.write(str(tmp_path / "passes.exr"))
+    att = _depth_input(tmp_path / "passes.exr")
+    assert att.shape == (6, 8)
+    assert np.array_equal(np.frombuffer(att.data, np.float32).reshape(6, 8), z)
+    with OpenEXR.File(header, layers) as f:
+        f.write(str(tmp_path / "color.exr"))
+    with pytest.raises(InvalidParams) as exc:
+        _depth_input(tmp_path / "color.exr")
+    assert exc.value.field == "--depth"
