@@ -172,3 +172,20 @@ def build_tiny_taesd(out: Path, seed: int = 2) -> Path:
         num_decoder_blocks=(1, 1),
     ).save_pretrained(out)
     return out
+
+
+def build_tiny_lora(sd_folder: Path, out: Path, seed: int = 3) -> Path:
+    """A LoRA for the tiny SD UNet's attention, saved the way diffusers saves LoRAs."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(sd_folder / "unet")
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    for name, param in unet.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero (no effect): make it matter
+            torch.nn.init.normal_(param, std=0.5)
+    StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(unet))
+    return out / "pytorch_lora_weights.safetensors"

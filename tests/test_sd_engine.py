@@ -11,11 +11,18 @@ import numpy as np
 import pytest
 import torch
 from conftest import SidecarProcess
-from sdtiny import build_tiny_controlnet, build_tiny_sd, build_tiny_sdxl, build_tiny_taesd
+from sdtiny import (
+    build_tiny_controlnet,
+    build_tiny_lora,
+    build_tiny_sd,
+    build_tiny_sdxl,
+    build_tiny_taesd,
+)
 
-from genart_core.engines.base import Input
+from genart_core.engines.base import Input, RunContext
 from genart_core.engines.schema import validate_params
-from genart_core.engines.sd.engine import StableDiffusionEngine, _tileable
+from genart_core.engines.sd.engine import StableDiffusionEngine
+from genart_core.engines.sd.wrap import wrapped
 from genart_core.protocol import Attachment, Client, Event
 from genart_core.protocol.errors import InvalidParams, JobCancelled
 
@@ -30,6 +37,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "cn": str(cn),
         "sdxl": str(build_tiny_sdxl(root)),
         "taesd": str(build_tiny_taesd(root / "taesd")),
+        "lora": str(build_tiny_lora(sd, root / "lora")),
     }
 
 
@@ -159,6 +167,39 @@ class TestThroughTheSidecar:
                 previews[name] = next(e.attachment.shape for e in events if e.type == "preview")
             # The latent approximation is at latent size; TAESD decodes to full size.
             assert previews == {"latent": (32, 32, 4), "taesd": (64, 64, 4)}
+
+    def test_lora_applies_to_its_job_only(self, sidecar: SidecarProcess,
+                                          models: dict[str, str], tmp_path: Path) -> None:
+        base = {"model": models["sd"], "prompt": "red brick", "steps": 2, "width": 64,
+                "height": 64, "seed": 9}
+        with sidecar.connect() as c:
+            before = run(c, "txt2img", base)
+            with_lora = run(c, "txt2img", {**base, "loras": [models["lora"]]})
+            half = run(c, "txt2img", {**base, "loras": [models["lora"]], "lora_weights": [0.5]})
+            after = run(c, "txt2img", base)
+            assert np.array_equal(before, after), "the LoRA leaked into the next job"
+            assert np.abs(with_lora.astype(int) - before.astype(int)).mean() > 1.0
+            assert not np.array_equal(half, with_lora)
+            pickle_lora = tmp_path / "lora.safetensors"
+            torch.save({"w": torch.zeros(1)}, pickle_lora)
+            for extra, field in (({"loras": [str(pickle_lora)]}, "params.loras"),
+                                 ({"loras": [models["lora"]], "lora_weights": [1.0, 2.0]},
+                                  "params.lora_weights"),
+                                 ({"loras": [str(tmp_path / "none.safetensors")]},
+                                  "params.loras")):
+                with pytest.raises(InvalidParams) as exc:
+                    run(c, "txt2img", {**base, **extra})
+                assert exc.value.field == field
+
+    def test_panorama_through_the_sidecar(self, sidecar: SidecarProcess,
+                                          models: dict[str, str]) -> None:
+        base = {"model": models["sd"], "prompt": "blue sky", "steps": 2, "panorama": True}
+        with sidecar.connect() as c:
+            img = run(c, "txt2img", {**base, "width": 128, "height": 64})
+            assert img.shape == (64, 128, 4)
+            with pytest.raises(InvalidParams) as exc:
+                run(c, "txt2img", {**base, "width": 100, "height": 64})
+            assert exc.value.field == "params.width"
 
     def test_control_changes_the_image_and_fallback_is_reported(
         self, sidecar: SidecarProcess, models: dict[str, str]
@@ -320,7 +361,7 @@ def test_tileable_is_exactly_shift_equivariant_on_the_torus(models: dict[str, st
         return pipe("a brick wall", latents=lat, num_inference_steps=3, output_type="np").images[0]
 
     factor = pipe.vae_scale_factor
-    with _tileable(pipe, [], True):
+    with wrapped([pipe.unet, pipe.vae], True, True):
         a = gen(latents)
         b = gen(torch.roll(latents, shifts=(k, -k), dims=(2, 3)))
     err = np.abs(np.roll(a, (factor * k, -factor * k), axis=(0, 1)) - b).max()
@@ -328,10 +369,29 @@ def test_tileable_is_exactly_shift_equivariant_on_the_torus(models: dict[str, st
     plain_a, plain_b = gen(latents), gen(torch.roll(latents, shifts=(k, -k), dims=(2, 3)))
     plain_err = np.abs(np.roll(plain_a, (factor * k, -factor * k), axis=(0, 1)) - plain_b).max()
     assert plain_err > 1e-2, plain_err
-    # The shared modules got their padding back.
-    assert all(
-        m.padding_mode == "zeros" for m in pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)
-    )
+    # The shared modules got their own convolutions back.
+    assert not any("_conv_forward" in m.__dict__ for m in pipe.unet.modules())
+
+
+def test_panorama_wraps_left_right_only(models: dict[str, str]) -> None:
+    """Rolling the noise sideways rolls a panorama exactly; rolling it up/down does not."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn((1, 4, 16, 32), generator=torch.Generator().manual_seed(3))
+    f, k = pipe.vae_scale_factor, 4
+
+    def gen(lat: torch.Tensor) -> np.ndarray:
+        return pipe("sky", latents=lat, num_inference_steps=3, output_type="np").images[0]
+
+    with wrapped([pipe.unet, pipe.vae], True, False):
+        a = gen(latents)
+        sideways = gen(torch.roll(latents, shifts=k, dims=3))
+        vertical = gen(torch.roll(latents, shifts=k, dims=2))
+    assert a.shape == (32, 64, 3)
+    assert np.abs(np.roll(a, f * k, axis=1) - sideways).max() < 1e-5
+    assert np.abs(np.roll(a, f * k, axis=0) - vertical).max() > 1e-2
 
 
 def test_control_map_uses_the_requests_near_far(models: dict[str, str], tmp_path: Path) -> None:
@@ -437,3 +497,50 @@ def test_depth_from_a_blender_style_multilayer_exr(tmp_path: Path) -> None:
     with pytest.raises(InvalidParams) as exc:
         _depth_input(tmp_path / "color.exr")
     assert exc.value.field == "--depth"
+
+
+@pytest.mark.parametrize(("extra", "wraps"), [({}, None), ({"panorama": True}, (True, False)),
+                                              ({"tileable": True}, (True, True))])
+def test_the_engine_wraps_while_it_generates_and_unwraps_after(
+        models: dict[str, str], extra: dict, wraps: tuple | None) -> None:
+    """Watches a VAE convolution during a real engine run: wrapped only for panorama and
+    tileable requests, along the right axes, and restored afterwards."""
+    engine = StableDiffusionEngine()
+    params = validate_params([p.to_dict() for p in engine.params],
+                             {"model": models["sd"], "steps": 1, "width": 96, "height": 48,
+                              **extra})
+    engine._ensure_device()
+    conv = engine._base(models["sd"]).vae.decoder.conv_in
+    seen: list[object] = []
+
+    def watch(module: torch.nn.Module, args: tuple) -> None:
+        patched = module.__dict__.get("_conv_forward")
+        if patched is None:
+            seen.append(None)
+            return
+        probe = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(1, module.in_channels, 1, 1)
+        padded = []
+        torch.nn.functional.conv2d = _spy_conv(torch.nn.functional.conv2d, padded)
+        try:
+            patched(probe, module.weight, module.bias)
+        finally:
+            torch.nn.functional.conv2d = torch.nn.functional.conv2d.__wrapped__
+        x = padded[0][0, 0]  # (4 + 2p, 4 + 2p)
+        seen.append((bool(x[1, 0] == x[1, -2]), bool(x[0, 1] == x[-2, 1])))
+
+    handle = conv.register_forward_pre_hook(watch)
+    try:
+        engine.run("txt2img", params, {}, RunContext("t", 0, 1, 1))
+    finally:
+        handle.remove()
+    assert seen and all(s == wraps for s in seen), seen
+    assert "_conv_forward" not in conv.__dict__
+
+
+def _spy_conv(real, padded):  # type: ignore[no-untyped-def]
+    def conv2d(x, *a, **k):  # type: ignore[no-untyped-def]
+        padded.append(x)
+        return real(x, *a, **k)
+
+    conv2d.__wrapped__ = real  # type: ignore[attr-defined]
+    return conv2d

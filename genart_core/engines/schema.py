@@ -15,7 +15,16 @@ from typing import Any
 
 from ..protocol.errors import InvalidParams
 
-PARAM_TYPES = ("int", "float", "bool", "string", "enum", "int_list", "float_list")
+PARAM_TYPES = (
+    "int",
+    "float",
+    "bool",
+    "string",
+    "enum",
+    "int_list",
+    "float_list",
+    "string_list",
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,11 @@ def _check_one(field: str, value: Any, spec: dict[str, Any]) -> Any:
                 field=field,
                 allowed=list(spec["choices"]),
             )
+    elif kind == "string_list":
+        if not isinstance(value, list) or any(not isinstance(v, str) for v in value):
+            raise InvalidParams(f"{field} must be a list of strings", field=field)
+        if spec.get("max") is not None and len(value) > spec["max"]:
+            raise InvalidParams(f"{field} has more than {spec['max']} entries", field=field)
     elif kind == "float_list":
         if not isinstance(value, list) or any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)

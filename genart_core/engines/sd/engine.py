@@ -26,6 +26,7 @@ from ...protocol.errors import EngineFailed, InvalidParams, OutOfMemory
 from ..base import Engine, Input, Output, RunContext
 from ..schema import Param
 from .arrays import input_array, to_mask, to_rgb
+from .wrap import wrapped
 
 log = logging.getLogger("genart.engines.sd")
 
@@ -71,6 +72,8 @@ class StableDiffusionEngine(Engine):
         "normal_control": "with normal_controlnet",
         "inpaint": True,
         "tileable": True,
+        "panorama": True,
+        "lora": True,
         "multi_controlnet": True,
     }
     inputs = {
@@ -133,6 +136,21 @@ class StableDiffusionEngine(Engine):
         ),
         Param("scheduler", "enum", "default", "sampler", choices=SCHEDULERS),
         Param("tileable", "bool", False, "seamless on all four edges (circular padding)"),
+        Param(
+            "panorama",
+            "bool",
+            False,
+            "360° panorama for world backgrounds: width = 2 × height, wraps left-right only",
+        ),
+        Param("loras", "string_list", [], "LoRA .safetensors files, applied for this request"),
+        Param(
+            "lora_weights",
+            "float_list",
+            [],
+            "one weight per LoRA (default 1.0 each)",
+            min=-5.0,
+            max=5.0,
+        ),
         Param(
             "depth_controlnet",
             "string",
@@ -267,7 +285,40 @@ class StableDiffusionEngine(Engine):
                 field="params.strength",
                 allowed={"min": 1.0 / params["steps"]},
             )
+        if params["panorama"]:
+            if width != 2 * height:
+                raise InvalidParams(
+                    f"a 360° panorama is 2:1; got {width}×{height}",
+                    field="params.width",
+                    allowed=f"2 × height = {2 * height}",
+                )
+            if params["tileable"]:
+                raise InvalidParams(
+                    "panorama and tileable exclude each other", field="params.panorama"
+                )
+        self._check_loras(params)
         return Prepared(mode, width, height, image, mask, controls)
+
+    @staticmethod
+    def _check_loras(params: dict[str, Any]) -> None:
+        from .singlefile import is_safetensors
+
+        loras, weights = params["loras"], params["lora_weights"]
+        if weights and len(weights) != len(loras):
+            raise InvalidParams(
+                f"{len(loras)} LoRAs but {len(weights)} weights",
+                field="params.lora_weights",
+                allowed=f"{len(loras)} numbers, or none for 1.0 each",
+            )
+        for path in loras:
+            file = Path(os.path.expanduser(path))
+            if not file.is_file():
+                raise InvalidParams(f"no LoRA file at {path}", field="params.loras")
+            if not is_safetensors(file):
+                raise InvalidParams(
+                    f"{path} is not a .safetensors file (pickle LoRAs are refused)",
+                    field="params.loras",
+                )
 
     # -- models ----------------------------------------------------------------------
     def _ensure_device(self) -> None:
@@ -364,6 +415,33 @@ class StableDiffusionEngine(Engine):
             ) from None
         return [Output("image", image, "uint8", (prep.height, prep.width, 4), "srgb")]
 
+    @contextlib.contextmanager
+    def _loras(self, base: Any, params: dict[str, Any]) -> Iterator[None]:
+        """Loads the request's LoRAs into the shared model and removes them afterwards, so
+        nothing of them reaches the next job."""
+        loras = params["loras"]
+        if not loras:
+            yield
+            return
+        weights = params["lora_weights"] or [1.0] * len(loras)
+        names: list[str] = []
+        try:
+            for i, path in enumerate(loras):
+                name = f"genart_lora_{i}"
+                try:
+                    base.load_lora_weights(os.path.expanduser(path), adapter_name=name)
+                except (ValueError, KeyError, RuntimeError) as exc:
+                    raise InvalidParams(
+                        f"LoRA {path} does not fit this model: {str(exc)[:200]}",
+                        field="params.loras",
+                    ) from None
+                names.append(name)
+            base.set_adapters(names, adapter_weights=weights)
+            yield
+        finally:
+            if names:
+                base.delete_adapters(names)
+
     def _generate(
         self, pipe: Any, prep: Prepared, params: dict[str, Any], ctx: RunContext
     ) -> np.ndarray:
@@ -374,11 +452,14 @@ class StableDiffusionEngine(Engine):
         # diffusers' SD pipelines want sides divisible by 8; a tileable latent must also
         # stay a torus through every downsampling of the UNet.
         multiple = pipe.vae_scale_factor
-        if params["tileable"]:
+        if params["tileable"] or params["panorama"]:
             multiple *= 2 ** (len(base.unet.config.down_block_types) - 1)
         multiple = math.lcm(multiple, 8)
         side = _native_side(base)
         gw, gh = fit_size(prep.width, prep.height, side * side, multiple)
+        if params["panorama"]:  # exactly 2:1, so the wrap is a full turn
+            gh = max(multiple, round((side * side / 2) ** 0.5 / multiple) * multiple)
+            gw = 2 * gh
 
         def pil(arr: np.ndarray, mode: str = "RGB") -> Image.Image:
             data = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -426,8 +507,13 @@ class StableDiffusionEngine(Engine):
             params["steps"] if prep.mode == "txt2img" else int(params["steps"] * params["strength"])
         )
         ctx.progress(0, expected)
-        nets = list(self._controlnets.values())
-        with _tileable(base, nets, params["tileable"]), torch.inference_mode():
+        modules = [base.unet, base.vae, *self._controlnets.values()]
+        wrap_x = params["tileable"] or params["panorama"]
+        with (
+            self._loras(base, params),
+            wrapped(modules, wrap_x, params["tileable"]),
+            torch.inference_mode(),
+        ):
             out = pipe(
                 **kwargs,
                 callback_on_step_end=on_step,
@@ -439,9 +525,25 @@ class StableDiffusionEngine(Engine):
                 field="params.model",
             )
         img = Image.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
-        if img.size != (prep.width, prep.height):
-            img = img.resize((prep.width, prep.height), Image.Resampling.LANCZOS)
+        wrap_x = params["tileable"] or params["panorama"]
+        img = resize(img, (prep.width, prep.height), wrap_x, params["tileable"])
         return np.ascontiguousarray(np.asarray(img.convert("RGBA")))
+
+
+def resize(img: Any, size: tuple[int, int], wrap_x: bool, wrap_y: bool) -> Any:
+    """Lanczos resize that keeps a periodic image periodic: the filter sees the wrapped
+    neighbours (three copies side by side), not a clamped edge."""
+    from PIL import Image
+
+    if img.size == size:
+        return img
+    if not (wrap_x or wrap_y):
+        return img.resize(size, Image.Resampling.LANCZOS)
+    nx, ny = (3 if wrap_x else 1), (3 if wrap_y else 1)
+    tiled = Image.fromarray(np.tile(np.asarray(img), (ny, nx, 1)))
+    big = tiled.resize((size[0] * nx, size[1] * ny), Image.Resampling.LANCZOS)
+    x0, y0 = (size[0] if wrap_x else 0), (size[1] if wrap_y else 0)
+    return big.crop((x0, y0, x0 + size[0], y0 + size[1]))
 
 
 def _family(pipe: Any) -> str:
@@ -487,31 +589,3 @@ def _latent_preview(latents: Any, factors: list[list[float]], taesd: Any = None)
     data = (rgb.clamp(0, 1) * 255).to(torch.uint8).numpy()
     rgba = np.concatenate([data, np.full(data.shape[:2] + (1,), 255, np.uint8)], axis=2)
     return Output("preview", np.ascontiguousarray(rgba), "uint8", rgba.shape, "srgb")
-
-
-@contextlib.contextmanager
-def _tileable(pipe: Any, extra: list[Any], on: bool) -> Iterator[None]:
-    """Circular padding in every conv of the UNet, VAE (and ControlNets) for the call;
-    the shared modules get their own padding back afterwards, whatever happens."""
-    if not on:
-        yield
-        return
-    import torch
-
-    saved = []
-    for module in [pipe.unet, pipe.vae, *extra]:
-        for conv in module.modules():
-            if isinstance(conv, torch.nn.Conv2d):
-                saved.append((conv, conv.padding_mode))
-                conv.padding_mode = "circular"
-    try:
-        yield
-    finally:
-        for conv, mode in saved:
-            conv.padding_mode = mode
-
-
-def local_ref(ref: str) -> Path | None:
-    """The local path a model reference names, or None for a repo id."""
-    path = Path(os.path.expanduser(ref))
-    return path if path.exists() or ref.startswith((".", "/", "~")) or "\\" in ref else None
