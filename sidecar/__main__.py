@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
         help="where engines run (auto: CUDA fp16 > MPS fp16 > CPU fp32)",
     )
     p.add_argument(
+        "--attention-slicing",
+        action="store_true",
+        help="compute attention in slices: less memory, a little slower",
+    )
+    p.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
+    p.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="keep models in RAM and stream each layer to the GPU (slow, smallest VRAM)",
+    )
+    p.add_argument(
         "--allow-pickle",
         action="store_true",
         help="also load pickle checkpoints (.ckpt/.pt/.bin); they can run arbitrary code",
@@ -134,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         hello_timeout=args.hello_timeout,
         device=args.device,
         allow_pickle=args.allow_pickle,
+        memory=tuple(
+            name
+            for name, on in (
+                ("attention_slicing", args.attention_slicing),
+                ("vae_tiling", args.vae_tiling),
+                ("cpu_offload", args.cpu_offload),
+            )
+            if on
+        ),
         token=os.environ.pop("GENART_SIDECAR_TOKEN", None),
     )
     sidecar = Sidecar(config)

@@ -72,7 +72,9 @@ class Endpoint:
         limits: Limits,
         test_methods: bool = False,
         on_shutdown: Callable[[], None] = lambda: None,
+        memory_options: tuple[str, ...] = (),
     ) -> None:
+        self.memory_options = list(memory_options)
         self.store = store
         self.hub = hub
         self.runner = runner
@@ -100,6 +102,7 @@ class Endpoint:
             "list": self.list,
             "shutdown": self.shutdown,
             "echo": self.echo,
+            "unload": self.unload,
         }
         if test_methods:
             self.handlers["debug.hang"] = self.debug_hang
@@ -167,6 +170,8 @@ class Endpoint:
             "engines": self.runner.engines,
             "engines_ready": self.runner.engines_ready.is_set(),
             "device": self.runner.device,
+            "memory": self.runner.memory,
+            "memory_options": self.memory_options,
             "state_dir": str(self.state_dir),
             "limits": {
                 "max_json": self.limits.max_json,
@@ -184,6 +189,7 @@ class Endpoint:
             "time": time.time(),
             "jobs": self.store.counts(),
             "engines_ready": self.runner.engines_ready.is_set(),
+            "memory": self.runner.memory,
             "current": None if current is None else {"job": current[0], "frame": current[1]},
         }, []
 
@@ -416,6 +422,16 @@ class Endpoint:
     ) -> tuple[dict[str, Any], list[Attachment]]:
         self.on_shutdown()
         return {"stopping": True}, []
+
+    def unload(
+        self, session: Session, params: dict[str, Any], atts: list[Attachment]
+    ) -> tuple[dict[str, Any], list[Attachment]]:
+        """Frees the engine device for Blender (e.g. before it renders): `unload` drops the
+        models, `offload` moves them to the CPU. Answers within 2 s; `done: false` means it
+        happens after the running frame, and `ping` shows `memory.state` when it has."""
+        mode = m.get_str(params, "mode", "unload", allowed=("unload", "offload"))
+        done = self.runner.release(mode, wait=2.0)
+        return {"mode": mode, "done": done, "memory": self.runner.memory}, []
 
     def echo(
         self, session: Session, params: dict[str, Any], atts: list[Attachment]

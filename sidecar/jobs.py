@@ -151,6 +151,9 @@ class JobRunner:
         self.max_store_bytes = max_store_bytes
         self.start_timeout = start_timeout
         self.engines: list[dict[str, Any]] = []
+        # Last known engine-device memory and whether models are loaded, offloaded, unloaded.
+        self.memory: dict[str, Any] = {"state": "loaded"}
+        self._release: tuple[str, threading.Event] | None = None
         self.device = "unknown"
         self.worker: WorkerProcess | None = None
         self.engines_ready = threading.Event()
@@ -273,6 +276,7 @@ class JobRunner:
         self._start_failures = 0
         self.worker = worker
         self.engines = list(ready.get("engines", []))
+        self.memory = {**ready.get("memory", {}), "state": "unloaded"}
         self.device = str(ready.get("device", "unknown"))
         self.engines_ready.set()
         log.info(
@@ -295,6 +299,10 @@ class JobRunner:
             with self._wake:
                 if self._stopping:
                     return
+                release, self._release = self._release, None
+            if release is not None:
+                self._do_release(*release)
+            with self._wake:
                 picked = self.store.next_frame()
                 if picked is None:
                     self._wake.wait(1.0)
@@ -320,6 +328,30 @@ class JobRunner:
                 removed = self.store.collect_garbage(self.max_store_bytes)
                 if removed:
                     log.info("garbage-collected the files of jobs %s", removed)
+
+    def release(self, mode: str, wait: float) -> bool:
+        """Asks the worker to unload or offload its models between frames; True when that
+        happened within `wait` seconds (a running frame finishes first)."""
+        done = threading.Event()
+        with self._wake:
+            self._release = (mode, done)
+            self._wake.notify_all()
+        return done.wait(wait)
+
+    def _do_release(self, mode: str, done: threading.Event) -> None:
+        worker = self.worker
+        if worker is None or not worker.send(mode, {}):
+            done.set()
+            return
+        while True:
+            msg = worker.read()
+            if msg is None:  # the worker died: its memory is free anyway
+                break
+            if msg.envelope.get("method") == "released":
+                body = msg.envelope.get("params") or {}
+                self.memory = {**body.get("memory", {}), "state": f"{mode}ed"}
+                break
+        done.set()
 
     def _run_frame(self, job: dict[str, Any], frame: dict[str, Any]) -> None:
         job_id, idx = job["id"], frame["idx"]
@@ -373,6 +405,7 @@ class JobRunner:
             elif kind == "preview" and msg.attachments:
                 self.hub.preview(job_id, {"frame": idx}, msg.attachments[0])
             elif kind == "done":
+                self.memory = {**body.get("memory", {}), "state": "loaded"}
                 self.store.commit_frame(job_id, idx, body["outputs"])
                 self.hub.emit(
                     job_id,

@@ -153,6 +153,7 @@ class SidecarConfig:
     token: str | None = None
     limits: Limits = Limits()
     device: str = "auto"  # auto | cuda | mps | cpu
+    memory: tuple[str, ...] = ()  # attention_slicing, vae_tiling, cpu_offload
     allow_pickle: bool = False  # load pickle checkpoints (.ckpt/.pt/.bin): runs their code
     hello_timeout: float = 10.0  # seconds a new connection has to authenticate
 
@@ -188,7 +189,7 @@ class Sidecar:
         self.hub = EventHub(self.store)
         for job in self.store.recover():
             self.hub.emit(job, "queued", {"recovered": True})
-        worker_args = ["--device", self.config.device]
+        worker_args = ["--device", self.config.device, "--memory", ",".join(self.config.memory)]
         if self.config.test_engines:
             worker_args.append("--test-engines")
         if self.config.allow_pickle:
@@ -211,6 +212,7 @@ class Sidecar:
             limits=self.limits,
             test_methods=self.config.test_engines,
             on_shutdown=self.request_stop,
+            memory_options=self.config.memory,
         )
         self.runner.start()
         self._listener, self.address = self._listen(address)

@@ -11,6 +11,7 @@ a crash at any point leaves either a whole output or none. It exits when its std
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import logging
 import os
@@ -69,6 +70,8 @@ class Worker:
             elif method == "cancel":
                 if params.get("job") == self.current_job:
                     self.cancel_event.set()
+            elif method in ("unload", "offload"):
+                self.runs.put({"_memory": method})
             elif method == "shutdown":
                 self.runs.put(None)
                 return
@@ -80,6 +83,7 @@ class Worker:
                 "pid": os.getpid(),
                 "engines": [cls.describe() for cls in self.engine_classes.values()],
                 "device": os.environ.get("GENART_DEVICE", "auto"),
+                "memory": memory_info(),
             },
         )
         threading.Thread(target=self.read_loop, name="worker-reader", daemon=True).start()
@@ -87,7 +91,28 @@ class Worker:
             run = self.runs.get()
             if run is None:
                 return
+            if "_memory" in run:
+                self.release(run["_memory"])
+                continue
             self.execute(run)
+
+    def release(self, mode: str) -> None:
+        """Frees the device for other work (Blender rendering): `unload` drops the models,
+        `offload` moves them to the CPU until the next job needs them."""
+        for engine in self.engines.values():
+            if mode == "unload":
+                engine.close()
+            else:
+                engine.offload()
+        if mode == "unload":
+            self.engines.clear()
+        gc.collect()
+        if "torch" in sys.modules:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.send("released", {"mode": mode, "memory": memory_info()})
 
     def engine(self, name: str) -> Engine:
         if name not in self.engines:
@@ -146,9 +171,33 @@ class Worker:
             err = EngineFailed(f"the {run['engine']} engine failed: {type(exc).__name__}: {exc}")
             self.send("error", {**ids, "error": err.to_dict()})
         else:
-            self.send("done", {**ids, "outputs": metas, "warnings": ctx.warnings})
+            self.send(
+                "done",
+                {**ids, "outputs": metas, "warnings": ctx.warnings, "memory": memory_info()},
+            )
         finally:
             self.current_job = None
+
+
+def memory_info() -> dict[str, Any]:
+    """The engine device's memory, as far as it is known without loading torch."""
+    info: dict[str, Any] = {
+        "device": os.environ.get("GENART_DEVICE", "auto"),
+        "free": None,
+        "total": None,
+    }
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            info.update(
+                device="cuda",
+                free=int(free),
+                total=int(total),
+                allocated=int(torch.cuda.memory_allocated()),
+            )
+    return info
 
 
 def _attachment(out: Output) -> Attachment:
@@ -201,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-engines", action="store_true")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     parser.add_argument("--allow-pickle", action="store_true")
+    parser.add_argument(
+        "--memory", default="", help="comma list: attention_slicing, vae_tiling, cpu_offload"
+    )
     parser.add_argument("--server-pid", type=int, default=None)
     args = parser.parse_args(argv)
     if args.server_pid:
@@ -208,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     # Engines read these (genart_core.engines.device, sd.loading).
     os.environ["GENART_DEVICE"] = args.device
     os.environ["GENART_ALLOW_PICKLE"] = "1" if args.allow_pickle else "0"
+    os.environ["GENART_MEMORY"] = args.memory
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

@@ -544,3 +544,27 @@ def _spy_conv(real, padded):  # type: ignore[no-untyped-def]
 
     conv2d.__wrapped__ = real  # type: ignore[attr-defined]
     return conv2d
+
+
+@pytest.mark.process
+def test_memory_options_unload_and_offload(tmp_path: Path, models: dict[str, str]) -> None:
+    sc = SidecarProcess(tmp_path / "state", ["--attention-slicing", "--vae-tiling"]).start()
+    params = {"model": models["sd"], "prompt": "green stone", "steps": 2, "width": 64,
+              "height": 64, "seed": 5}
+    try:
+        with sc.connect() as c:
+            assert c.welcome["memory_options"] == ["attention_slicing", "vae_tiling"]
+            first = run(c, "txt2img", params)
+            assert c.ping()["memory"]["state"] == "loaded"
+            for mode in ("offload", "unload"):
+                reply = c.call("unload", {"mode": mode}).result
+                assert reply["done"] is True and reply["memory"]["state"] == f"{mode}ed"
+                assert c.ping()["memory"]["state"] == f"{mode}ed"
+                again = run(c, "txt2img", params)  # reloads (or moves back) by itself
+                assert np.array_equal(first, again), mode
+                assert c.ping()["memory"]["state"] == "loaded"
+            with pytest.raises(InvalidParams) as exc:
+                c.call("unload", {"mode": "everything"})
+            assert exc.value.field == "mode"
+    finally:
+        sc.stop()

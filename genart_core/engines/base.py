@@ -124,6 +124,10 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Releases models and memory (called on unload and at worker exit)."""
 
+    def offload(self) -> None:
+        """Moves models off the accelerator until the next run (default: `close`)."""
+        self.close()
+
     @abstractmethod
     def run(
         self, task: str, params: dict[str, Any], inputs: dict[str, Input], ctx: RunContext

@@ -29,6 +29,7 @@ METHODS = (
     "list",
     "shutdown",
     "echo",
+    "unload",
 )
 # Only served by a sidecar started with --enable-test-engines.
 TEST_METHODS = ("debug.hang",)

@@ -333,26 +333,41 @@ class StableDiffusionEngine(Engine):
             from .loading import load_pipeline
 
             pipe = load_pipeline(ref, torch_dtype=self._dtype)
-            pipe.to(self._device)
             pipe.set_progress_bar_config(disable=True)
             self._bases[ref] = pipe
-        return self._bases[ref]
+        pipe = self._bases[ref]
+        self._place(pipe)
+        return pipe
+
+    def _place(self, pipe: Any) -> None:
+        """Puts a pipeline on the device with the sidecar's memory options (GENART_MEMORY:
+        attention_slicing, vae_tiling, cpu_offload)."""
+        options = set(filter(None, os.environ.get("GENART_MEMORY", "").split(",")))
+        if getattr(pipe, "_genart_placed", False):
+            return
+        if "attention_slicing" in options:
+            pipe.enable_attention_slicing()
+        if "vae_tiling" in options:
+            pipe.vae.enable_tiling()
+        if "cpu_offload" in options and self._device != "cpu":
+            pipe.enable_sequential_cpu_offload(device=self._device)
+        else:
+            pipe.to(self._device)
+        pipe._genart_placed = True
 
     def _controlnet(self, ref: str) -> Any:
         if ref not in self._controlnets:
             from .loading import load_controlnet
 
-            self._controlnets[ref] = load_controlnet(ref, torch_dtype=self._dtype).to(self._device)
-        return self._controlnets[ref]
+            self._controlnets[ref] = load_controlnet(ref, torch_dtype=self._dtype)
+        return self._controlnets[ref].to(self._device)  # back from an offload, if any
 
     def _preview_vae(self, ref: str) -> Any:
         if ref not in self._preview_vaes:
             from .loading import load_preview_vae
 
-            self._preview_vaes[ref] = load_preview_vae(ref, torch_dtype=self._dtype).to(
-                self._device
-            )
-        return self._preview_vaes[ref]
+            self._preview_vaes[ref] = load_preview_vae(ref, torch_dtype=self._dtype)
+        return self._preview_vaes[ref].to(self._device)
 
     def _pipeline(self, ref: str, mode: str, control_refs: tuple[str, ...]) -> Any:
         key = (ref, mode, control_refs)
@@ -389,6 +404,15 @@ class StableDiffusionEngine(Engine):
             "depth_control": bool(params.get("depth_controlnet")),
             "normal_control": bool(params.get("normal_controlnet")),
         }
+
+    def offload(self) -> None:
+        """Models to the CPU (kept loaded); the next run puts them back on the device."""
+        for pipe in self._bases.values():
+            pipe.to("cpu")
+            pipe._genart_placed = False
+        for net in [*self._controlnets.values(), *self._preview_vaes.values()]:
+            net.to("cpu")
+        self._variants.clear()
 
     def close(self) -> None:
         self._preview_vaes.clear()
