@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where engines run (auto: CUDA fp16 > MPS fp16 > CPU fp32)",
     )
     p.add_argument(
+        "--models",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of models (diffusers folders, .safetensors files); repeatable",
+    )
+    p.add_argument(
         "--attention-slicing",
         action="store_true",
         help="compute attention in slices: less memory, a little slower",
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         hello_timeout=args.hello_timeout,
         device=args.device,
         allow_pickle=args.allow_pickle,
+        model_roots=tuple(p.expanduser() for p in args.models),
         memory=tuple(
             name
             for name, on in (

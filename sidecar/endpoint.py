@@ -19,6 +19,7 @@ from typing import Any
 
 import genart_core
 from genart_core.engines.schema import validate_params
+from genart_core.models import HashCache, default_roots, hf_cache_dir, scan
 from genart_core.protocol import messages as m
 from genart_core.protocol.atomicio import atomic_write
 from genart_core.protocol.connection import protocol_version_string
@@ -73,8 +74,12 @@ class Endpoint:
         test_methods: bool = False,
         on_shutdown: Callable[[], None] = lambda: None,
         memory_options: tuple[str, ...] = (),
+        model_roots: tuple[Path, ...] = (),
     ) -> None:
         self.memory_options = list(memory_options)
+        self.model_roots = list(model_roots)
+        self.hashes = HashCache(state_dir / "model-hashes.json")
+        self.slow_methods = {"models", "unload"}
         self.store = store
         self.hub = hub
         self.runner = runner
@@ -103,6 +108,7 @@ class Endpoint:
             "shutdown": self.shutdown,
             "echo": self.echo,
             "unload": self.unload,
+            "models": self.models,
         }
         if test_methods:
             self.handlers["debug.hang"] = self.debug_hang
@@ -432,6 +438,20 @@ class Endpoint:
         mode = m.get_str(params, "mode", "unload", allowed=("unload", "offload"))
         done = self.runner.release(mode, wait=2.0)
         return {"mode": mode, "done": done, "memory": self.runner.memory}, []
+
+    def models(
+        self, session: Session, params: dict[str, Any], atts: list[Attachment]
+    ) -> tuple[dict[str, Any], list[Attachment]]:
+        """The models on this machine: Hugging Face cache, --models folders, GENART_MODELS."""
+        with_hash = m.get_bool(params, "hash", True)
+        roots = [*self.model_roots, *default_roots()]
+        cache = hf_cache_dir()
+        found = scan(roots, hf_cache=cache, hashes=self.hashes, with_hash=with_hash)
+        return {
+            "models": [e.to_dict() for e in found],
+            "roots": [str(r) for r in roots],
+            "hf_cache": str(cache),
+        }, []
 
     def echo(
         self, session: Session, params: dict[str, Any], atts: list[Attachment]

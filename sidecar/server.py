@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,14 @@ class ClientConnection:
                     if not self.session.authenticated:
                         return  # a peer that has not said hello gets one answer, no more
                     continue
+                if (
+                    self.session.authenticated
+                    and msg.envelope.get("method") in self.server.endpoint.slow_methods
+                ):
+                    # Slow work (hashing models, waiting for the worker) runs aside, so
+                    # this connection's pings and cancels are still answered meanwhile.
+                    self.server.pool.submit(self._handle_aside, msg)
+                    continue
                 resp = self.server.endpoint.handle(self.session, msg)
                 if resp is not None:
                     self._reply(resp)
@@ -113,6 +122,11 @@ class ClientConnection:
             log.info("connection %s failed: %s", self.peer, exc)
         finally:
             self.close()
+
+    def _handle_aside(self, msg: Any) -> None:
+        resp = self.server.endpoint.handle(self.session, msg)
+        if resp is not None and not self.closed.is_set():
+            self._reply(resp)
 
     def _write_loop(self) -> None:
         while True:
@@ -155,6 +169,7 @@ class SidecarConfig:
     device: str = "auto"  # auto | cuda | mps | cpu
     memory: tuple[str, ...] = ()  # attention_slicing, vae_tiling, cpu_offload
     allow_pickle: bool = False  # load pickle checkpoints (.ckpt/.pt/.bin): runs their code
+    model_roots: tuple[Path, ...] = ()  # folders scanned by `models` (plus GENART_MODELS)
     hello_timeout: float = 10.0  # seconds a new connection has to authenticate
 
 
@@ -169,6 +184,7 @@ class Sidecar:
         self._stopped = threading.Event()
         self._stopping = threading.Event()
         self._conns: set[ClientConnection] = set()
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="slow-request")
         self._conns_lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._socket_dir: Path | None = None
@@ -213,6 +229,7 @@ class Sidecar:
             test_methods=self.config.test_engines,
             on_shutdown=self.request_stop,
             memory_options=self.config.memory,
+            model_roots=self.config.model_roots,
         )
         self.runner.start()
         self._listener, self.address = self._listen(address)

@@ -24,9 +24,12 @@ MARKERS = ("process", "blender", "slow", "gpu")
 class SidecarProcess:
     """A `genart-sidecar` subprocess with the test engines, on its own state dir."""
 
-    def __init__(self, state_dir: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, extra: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.extra = list(extra or [])
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.connection_file = state_dir / "connection.json"
 
@@ -44,8 +47,9 @@ class SidecarProcess:
             "--enable-test-engines",
             *self.extra,
         ]
+        env = None if self.env is None else {**os.environ, **self.env}
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -30,6 +30,7 @@ METHODS = (
     "shutdown",
     "echo",
     "unload",
+    "models",
 )
 # Only served by a sidecar started with --enable-test-engines.
 TEST_METHODS = ("debug.hang",)
