@@ -3,6 +3,7 @@
     genart [--connection-file PATH] status | jobs [--state S] | events JOB [--since N]
            | wait JOB | cancel JOB | submit ENGINE [-p NAME=VALUE ...] [--wait] | shutdown
            | generate --model M --prompt P [...] --out FILE
+           | convert taming SRC.ckpt|.safetensors DST_FOLDER [--config taming.yaml]
 
 It uses the same stdlib client as the Blender add-on. Exit codes: 0 success, 1 a job
 failed or was cancelled, 2 bad usage, 3 the sidecar cannot be reached.
@@ -70,12 +71,47 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--task", default=None)
     submit.add_argument("--wait", action="store_true", help="follow the job to its end")
     sub.add_parser("shutdown", help="stop the sidecar")
+    models = sub.add_parser("models", help="models on the sidecar's machine (cache, folders)")
+    models.add_argument("--no-hash", action="store_true", help="skip content hashes (fast)")
     gen = sub.add_parser(
         "generate",
         help="generate one image and write it (starts a sidecar for the call when none is running)",
     )
     generate.add_arguments(gen)
+    conv = sub.add_parser(
+        "convert", help="convert a checkpoint into a diffusers folder (no sidecar needed)"
+    )
+    conv_sub = conv.add_subparsers(dest="format", required=True)
+    taming = conv_sub.add_parser(
+        "taming",
+        help="a taming-transformers VQGAN (.ckpt read with weights_only, or .safetensors) "
+        "to a diffusers VQModel folder",
+    )
+    taming.add_argument("source", type=Path, help="the taming checkpoint")
+    taming.add_argument("destination", type=Path, help="the folder to write (new or empty)")
+    taming.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="taming's model YAML (default: read the architecture off the tensor shapes)",
+    )
     return p
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .engines.vqgan.convert import convert_taming
+
+    try:
+        cfg = convert_taming(args.source, args.destination, args.config)
+    except GenartError as exc:
+        print(f"genart: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.destination}: VQModel, {len(cfg['block_out_channels'])} levels "
+        f"(f={2 ** (len(cfg['block_out_channels']) - 1)}), {cfg['num_vq_embeddings']} codes "
+        f"of {cfg['vq_embed_dim']} dims"
+    )
+    return 0
 
 
 def _follow(client: Client, job: str) -> int:
@@ -100,7 +136,20 @@ def run(args: argparse.Namespace, client: Client) -> int:
         )
         for eng in w["engines"]:
             print(f"  engine {eng['name']} {eng['version']}: {', '.join(eng['tasks'])}")
-        print(f"  jobs: {json.dumps(client.ping()['jobs'])}")
+        ping = client.ping()
+        print(f"  jobs: {json.dumps(ping['jobs'])}")
+        mem = ping.get("memory") or {}
+        if mem.get("total"):
+            used = (mem["total"] - mem["free"]) / 2**30
+            print(
+                f"  {mem.get('device')} memory: {used:.1f} of {mem['total'] / 2**30:.1f} GiB "
+                f"used, models {mem.get('state')}"
+            )
+        else:
+            print(
+                f"  device memory: not reported on {mem.get('device', 'this device')}, "
+                f"models {mem.get('state', 'unknown')}"
+            )
     elif args.command == "jobs":
         for job in client.list_jobs(state=args.state):
             frames = job["frames"]
@@ -129,6 +178,18 @@ def run(args: argparse.Namespace, client: Client) -> int:
             return _follow(client, job)
     elif args.command == "shutdown":
         client.shutdown()
+    elif args.command == "models":
+        reply = client.call("models", {"hash": not args.no_hash}, timeout=3600).result
+        for e in reply["models"]:
+            digest = (e["sha256"] or "-")[:12]
+            print(
+                f"{e['family']:<7} {e['kind']:<10} {e['size'] / 2**20:9.1f} MiB  {digest}  "
+                f"{e['id']}"
+            )
+        print(
+            f"({len(reply['models'])} models; searched {reply['hf_cache']} and "
+            f"{', '.join(reply['roots']) or 'no --models folders'})"
+        )
     elif args.command == "generate":
         return generate.generate(args, client)
     return 0
@@ -136,6 +197,8 @@ def run(args: argparse.Namespace, client: Client) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "convert":  # offline: no sidecar involved
+        return _convert(args)
     path = _connection_file(args.connection_file)
     if args.command == "generate" and args.connection_file is None and not path.exists():
         try:
