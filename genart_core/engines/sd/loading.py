@@ -51,7 +51,7 @@ def load_pipeline(ref: str, *, torch_dtype: Any, field: str = FIELD) -> Any:
             )
         return AutoPipelineForText2Image.from_pretrained(
             path,
-            torch_dtype=torch_dtype,
+            dtype=torch_dtype,
             local_files_only=True,
             safety_checker=None,
             requires_safety_checker=False,
@@ -81,7 +81,7 @@ def load_controlnet(ref: str, *, torch_dtype: Any, field: str = "params.depth_co
             raise InvalidParams(
                 f"{path} is not a diffusers ControlNet folder (no config.json)", field=field
             )
-        return ControlNetModel.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
+        return ControlNetModel.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     return _from_cache(ControlNetModel, ref, torch_dtype, field)
 
 
@@ -91,7 +91,7 @@ def _from_cache(cls: Any, ref: str, torch_dtype: Any, field: str, **kwargs: Any)
             f"{ref!r} is neither a local path nor a Hugging Face repo id (owner/name)", field=field
         )
     try:
-        return cls.from_pretrained(ref, torch_dtype=torch_dtype, local_files_only=True, **kwargs)
+        return cls.from_pretrained(ref, dtype=torch_dtype, local_files_only=True, **kwargs)
     except OSError as exc:
         raise InvalidParams(
             f"{ref} is not in the local Hugging Face cache and downloads are off; download it "
@@ -108,5 +108,5 @@ def load_preview_vae(ref: str, *, torch_dtype: Any, field: str = "params.preview
     if path is not None:
         if not (path / "config.json").is_file():
             raise InvalidParams(f"{path} is not a diffusers AutoencoderTiny folder", field=field)
-        return AutoencoderTiny.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
+        return AutoencoderTiny.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     return _from_cache(AutoencoderTiny, ref, torch_dtype, field)
