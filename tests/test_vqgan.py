@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -268,12 +267,12 @@ class TestThroughTheSidecar:
                 ev = c.next_event(timeout=60)
                 assert ev is not None
                 seen.append(ev)
-            t0 = time.monotonic()
+            at_cancel = max(e.data["step"] for e in seen if e.type == "progress")
             c.cancel(job)
             with pytest.raises(JobCancelled):
                 c.wait(job, seen.append, timeout=30)
-            assert time.monotonic() - t0 < 2.0
-            assert max(e.data["step"] for e in seen if e.type == "progress") < 5000
+            # Within one iteration (a report may already be on its way), whatever the load.
+            assert max(e.data["step"] for e in seen if e.type == "progress") <= at_cancel + 2
             assert c.events(job)[-1].data.get("worker_restarted") is None  # it yielded
 
 
