@@ -13,5 +13,6 @@ if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ] \
     .venv/bin/python -m pip install -q torch==2.13.0
     .venv/bin/python -m pip install -q -e ".[dev,engines]"
     .venv/bin/python -m pip install -q -e examples/genart-texsynth
+    .venv/bin/python -m pip install -q bpy==5.0.1  # the Blender wheel for `blender` tests (numpy 1.26)
     touch $stamp
 fi

@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source dev/env.sh
 echo "== ruff"
-.venv/bin/ruff check genart_core sidecar tests bench dev examples
+.venv/bin/ruff check genart_core sidecar tests bench dev examples blender_addon
 echo "== pytest"
 exec .venv/bin/python -m pytest "$@"

@@ -115,6 +115,9 @@ def test_checker_catches_violations() -> None:
     assert not protocol_rule("json") and not protocol_rule("genart_core.protocol.errors")
     assert addon_rule("genart_core.engines.sd") and addon_rule("torch") and addon_rule("sidecar")
     assert not addon_rule("genart_core.protocol.client") and not addon_rule("bpy")
+    # The add-on reaches the protocol through its vendored copy (dev/build_addon.py).
+    assert not addon_rule("blender_addon._vendor.genart_protocol.client")
+    assert addon_rule("genart_core.engines") and addon_rule("genart_core")
 
 
 def test_genart_core_never_imports_blender_or_the_sidecar() -> None:

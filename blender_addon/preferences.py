@@ -1,0 +1,82 @@
+"""The add-on's preferences: how to reach the sidecar (launch one, or connect to one).
+
+The values here are only the user's defaults: `client.settings.effective_settings` applies
+the environment overrides (GENART_SIDECAR, GENART_CONNECTION_FILE) on top of them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bpy
+
+from .client import CONNECT, LAUNCH, EffectiveSettings, default_state_dir, effective_settings
+
+
+class GENART_AddonPreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    sidecar_mode: bpy.props.EnumProperty(  # type: ignore[valid-type]
+        name="Sidecar",
+        items=(
+            (LAUNCH, "Launch", "Start a sidecar for this Blender (it exits with Blender)"),
+            (CONNECT, "Connect", "Use a sidecar that is already running (another machine too)"),
+        ),
+        default=LAUNCH,
+    )
+    launch_command: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Python or command",
+        description=(
+            "The sidecar environment's Python (run as 'python -m sidecar') or a full command; "
+            "empty: genart-sidecar on PATH"
+        ),
+        subtype="FILE_PATH",
+    )
+    connection_file: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Connection file",
+        description="The sidecar's connection.json; empty: the default state directory's",
+        subtype="FILE_PATH",
+    )
+    address: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Address",
+        description="host:port of a sidecar listening on TCP; empty: use the connection file",
+    )
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "mode": self.sidecar_mode,
+            "launch_command": bpy.path.abspath(self.launch_command),
+            "connection_file": bpy.path.abspath(self.connection_file),
+            "address": self.address,
+        }
+
+    def effective(self) -> EffectiveSettings:
+        return effective_settings(self.values(), os.environ)
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.prop(self, "sidecar_mode", expand=True)
+        if self.sidecar_mode == LAUNCH:
+            layout.prop(self, "launch_command")
+        else:
+            layout.prop(self, "connection_file")
+            layout.prop(self, "address")
+        eff = self.effective()
+        box = layout.box()
+        if eff.overridden_by:
+            box.label(text="Overridden by " + ", ".join(eff.overridden_by), icon="INFO")
+        if eff.mode == LAUNCH:
+            box.label(text="Launches: " + " ".join(eff.launch_command))
+        elif eff.address:
+            box.label(text=f"Connects to {eff.address}")
+        else:
+            path = eff.connection_file or str(default_state_dir() / "connection.json")
+            box.label(text=f"Connects through {path}")
+
+
+def preferences(context: bpy.types.Context) -> GENART_AddonPreferences:
+    return context.preferences.addons[__package__].preferences
+
+
+CLASSES = (GENART_AddonPreferences,)

@@ -1,0 +1,267 @@
+"""The Blender extension: its zip installs and registers in the `bpy` wheel with no model
+library, sidecar or genart_core importable; its settings honour the environment; the
+protocol it carries is byte-identical to genart_core/protocol."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = ROOT / "genart_core" / "protocol"
+BLOCKED = ("torch", "diffusers", "transformers", "sidecar", "genart_core")
+
+pytestmark = pytest.mark.blender
+
+
+def load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+build_addon = load(ROOT / "dev" / "build_addon.py", "genart_build_addon")
+settings = load(ROOT / "blender_addon" / "client" / "settings.py", "genart_addon_settings")
+
+
+@pytest.fixture(scope="module")
+def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_addon.build(tmp_path_factory.mktemp("addon"))
+
+
+# Runs before anything else in the Blender process: refuses the names the add-on must never
+# need, so an import of any of them fails the install instead of passing quietly.
+BLOCKER = f"""
+import sys
+BLOCKED = {BLOCKED!r}
+refused = []
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            refused.append(name)
+            raise ImportError(f"blocked in this test: {{name}}")
+        return None
+sys.meta_path.insert(0, Blocker())
+"""
+
+INSTALL = """
+import importlib
+import os
+for name in BLOCKED:  # the blocker itself works
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(f"blocker let {name} through")
+refused.clear()
+
+import bpy
+MOD = "bl_ext.user_default.genart"
+result = bpy.ops.extensions.package_install_files(
+    repo="user_default", filepath=ZIP, enable_on_install=True
+)
+assert result == {"FINISHED"}, result
+addon = importlib.import_module(MOD)
+assert MOD in bpy.context.preferences.addons, list(bpy.context.preferences.addons.keys())
+prefs = bpy.context.preferences.addons[MOD].preferences
+assert type(prefs).__name__ == "GENART_AddonPreferences", type(prefs)
+assert prefs.sidecar_mode == "LAUNCH", prefs.sidecar_mode
+assert prefs.effective().launch_command == ("genart-sidecar",), prefs.effective()
+os.environ["GENART_SIDECAR"] = "gpu-box:7777"
+assert (prefs.effective().mode, prefs.effective().address) == ("CONNECT", "gpu-box:7777")
+del os.environ["GENART_SIDECAR"]
+assert MOD + "._vendor.genart_protocol" in sys.modules, "vendored protocol not loaded"
+assert addon.client.Client.__module__ == MOD + "._vendor.genart_protocol.client"
+
+def registered():
+    prefs_cls = addon.preferences.GENART_AddonPreferences
+    return hasattr(bpy.types, "VIEW3D_PT_genart"), prefs_cls.is_registered
+
+assert registered() == (True, True), registered()
+panel = bpy.types.VIEW3D_PT_genart
+assert (panel.bl_space_type, panel.bl_region_type, panel.bl_label) == ("VIEW_3D", "UI", "genart")
+assert addon.ui.panel.sidecar_state_text(bpy.context) == "not connected"
+for _ in range(2):
+    addon.unregister()
+    assert registered() == (False, False), registered()
+    addon.register()
+    assert registered() == (True, True), registered()
+assert bpy.context.preferences.addons[MOD].preferences is not None
+bpy.ops.preferences.addon_disable(module=MOD)
+assert registered() == (False, False), registered()
+bpy.ops.preferences.addon_enable(module=MOD)
+assert registered() == (True, True), registered()
+
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not heavy and not refused, (heavy, refused)
+print("GENART-ADDON-OK")
+"""
+
+
+def run_in_blender(tmp_path: Path, zip_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    user = tmp_path / "blender-user"
+    env = {
+        **os.environ,
+        # A throwaway user: the developer's own Blender config and extensions stay untouched.
+        "BLENDER_USER_RESOURCES": str(user),
+        "BLENDER_USER_CONFIG": str(user / "config"),
+        "BLENDER_USER_SCRIPTS": str(user / "scripts"),
+        "BLENDER_USER_EXTENSIONS": str(user / "extensions"),
+        "BLENDER_USER_DATAFILES": str(user / "datafiles"),
+        "HOME": str(tmp_path / "home"),
+        "PYTHONNOUSERSITE": "1",
+    }
+    env.pop("PYTHONPATH", None)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    script = tmp_path / "install_addon.py"
+    script.write_text(BLOCKER + f"ZIP = {str(zip_path)!r}\n" + body)
+    # cwd outside the checkout so the repository is not on sys.path by accident.
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+@pytest.mark.process
+def test_zip_installs_and_registers_without_model_libraries(
+    addon_zip: Path, tmp_path: Path
+) -> None:
+    out = run_in_blender(tmp_path, addon_zip, INSTALL)
+    log = out.stdout[-4000:] + out.stderr[-4000:]
+    assert out.returncode == 0 and "GENART-ADDON-OK" in out.stdout, log
+    installed = tmp_path / "blender-user" / "extensions" / "user_default" / "genart"
+    assert (installed / "_vendor" / "genart_protocol" / "client.py").is_file()
+    assert not (tmp_path / "home" / ".config" / "blender").exists()
+
+
+@pytest.mark.process
+def test_install_check_fails_when_the_addon_imports_a_blocked_module(
+    addon_zip: Path, tmp_path: Path
+) -> None:
+    """The install test above can fail: the same check on a zip whose add-on imports
+    genart_core.engines does."""
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(addon_zip) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "ui/panel.py":
+                data += b"\nimport genart_core.engines\n"
+            dst.writestr(item, data)
+    out = run_in_blender(tmp_path, bad, INSTALL)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and "GENART-ADDON-OK" not in out.stdout, log
+    assert "blocked in this test: genart_core" in log, log
+
+
+def test_effective_settings_preferences_alone() -> None:
+    prefs = {"mode": "CONNECT", "connection_file": "/c.json", "address": "", "launch_command": ""}
+    eff = settings.effective_settings(prefs, {})
+    assert (eff.mode, eff.connection_file, eff.address, eff.overridden_by) == (
+        "CONNECT",
+        "/c.json",
+        "",
+        (),
+    )
+    assert eff.launch_command == ("genart-sidecar",)
+    eff = settings.effective_settings({"launch_command": "/venv/bin/python"}, {})
+    assert (eff.mode, eff.launch_command) == ("LAUNCH", ("/venv/bin/python", "-m", "sidecar"))
+    with pytest.raises(ValueError):
+        settings.effective_settings({"mode": "BOTH"}, {})
+
+
+def test_environment_overrides_win_over_preferences() -> None:
+    prefs = {
+        "mode": "LAUNCH",
+        "launch_command": "/venv/bin/python",
+        "connection_file": "/prefs.json",
+        "address": "",
+    }
+    eff = settings.effective_settings(prefs, {"GENART_CONNECTION_FILE": "/env.json"})
+    assert (eff.mode, eff.connection_file) == ("CONNECT", "/env.json")
+    assert eff.overridden_by == ("GENART_CONNECTION_FILE",)
+
+    eff = settings.effective_settings(prefs, {"GENART_SIDECAR": "gpu-box:7777"})
+    assert (eff.mode, eff.address, eff.overridden_by) == (
+        "CONNECT",
+        "gpu-box:7777",
+        ("GENART_SIDECAR",),
+    )
+    eff = settings.effective_settings(prefs, {"GENART_SIDECAR": "tcp:[::1]:5000"})
+    assert (eff.mode, eff.address) == ("CONNECT", "[::1]:5000")
+
+    connect = {**prefs, "mode": "CONNECT", "address": "127.0.0.1:9"}
+    eff = settings.effective_settings(connect, {"GENART_SIDECAR": "/opt/sc/bin/genart-sidecar --x"})
+    assert (eff.mode, eff.launch_command) == ("LAUNCH", ("/opt/sc/bin/genart-sidecar", "--x"))
+
+    both = {"GENART_SIDECAR": "/py/python3.11", "GENART_CONNECTION_FILE": "/shared/c.json"}
+    eff = settings.effective_settings(prefs, both)
+    assert eff.mode == "LAUNCH" and eff.launch_command == ("/py/python3.11", "-m", "sidecar")
+    assert eff.connection_file == "/shared/c.json"
+    assert set(eff.overridden_by) == set(both)
+
+    eff = settings.effective_settings(prefs, {"GENART_SIDECAR": "  ", "GENART_CONNECTION_FILE": ""})
+    assert (eff.mode, eff.connection_file, eff.overridden_by) == ("LAUNCH", "/prefs.json", ())
+
+
+def test_address_parsing() -> None:
+    assert settings.parse_address("localhost:8080") == ("localhost", 8080)
+    assert settings.parse_address("[::1]:1") == ("::1", 1)
+    for bad in ("C:\\venv\\python.exe", "host", "host:0", "host:70000", "a b:1"):
+        assert not settings.is_address(bad), bad
+
+
+def vendored_files(zip_path: Path) -> dict[str, bytes]:
+    prefix = build_addon.VENDORED_PROTOCOL + "/"
+    with zipfile.ZipFile(zip_path) as zf:
+        return {
+            n[len(prefix) :]: zf.read(n)
+            for n in zf.namelist()
+            if n.startswith(prefix) and not n.endswith("/")
+        }
+
+
+def protocol_files() -> dict[str, bytes]:
+    return {
+        p.relative_to(PROTOCOL).as_posix(): p.read_bytes()
+        for p in sorted(PROTOCOL.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+def test_vendored_protocol_is_identical(addon_zip: Path) -> None:
+    source, vendored = protocol_files(), vendored_files(addon_zip)
+    assert "client.py" in source and "__init__.py" in source
+    assert sorted(vendored) == sorted(source)
+    differ = [name for name in source if vendored[name] != source[name]]
+    assert differ == [], f"vendored copies differ from genart_core/protocol: {differ}"
+    # A --dev copy in the checkout, if there is one, must not have drifted either.
+    dev = ROOT / "blender_addon" / build_addon.VENDORED_PROTOCOL
+    if dev.exists():
+        dev_files = {
+            p.relative_to(dev).as_posix(): p.read_bytes()
+            for p in dev.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+        }
+        assert dev_files == source, "stale blender_addon/_vendor: run dev/build_addon.py --dev"
+
+
+def test_zip_has_manifest_at_its_root_and_no_caches(addon_zip: Path) -> None:
+    with zipfile.ZipFile(addon_zip) as zf:
+        names = zf.namelist()
+    assert "blender_manifest.toml" in names and "__init__.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
