@@ -310,9 +310,10 @@ def _context_dim(shapes: Mapping[str, Sequence[int]], *, unet: bool) -> int | No
     return None
 
 
-def _pickle_shapes(p: Path, field: str) -> dict[str, Sequence[int]]:
-    """Tensor shapes of a pickle checkpoint read with torch's restricted unpickler onto the
-    meta device (no tensor data is read)."""
+def load_pickle_state_dict(p: Path, field: str, map_location: str = "cpu") -> dict[str, Any]:
+    """The tensors of a pickle checkpoint, read with torch's restricted unpickler
+    (`weights_only=True`: no code in the file runs); nested "state_dict" keys are unwrapped.
+    On the meta device no tensor data is read."""
     import pickle
 
     import torch
@@ -320,7 +321,7 @@ def _pickle_shapes(p: Path, field: str) -> dict[str, Sequence[int]]:
     try:
         # A file object, not the path: torch.load routes "*.safetensors" paths to safetensors.
         with open(p, "rb") as f:
-            obj = torch.load(f, map_location="meta", weights_only=True)
+            obj = torch.load(f, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise InvalidParams(
@@ -330,9 +331,14 @@ def _pickle_shapes(p: Path, field: str) -> dict[str, Sequence[int]]:
         ) from None
     while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise InvalidParams(f"{p.name} does not hold a state dict", field=field)
-    return {k: tuple(v.shape) for k, v in obj.items() if isinstance(k, str) and hasattr(v, "shape")}
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _pickle_shapes(p: Path, field: str) -> dict[str, Sequence[int]]:
+    """Tensor shapes of a pickle checkpoint, without reading its tensor data."""
+    return {k: tuple(v.shape) for k, v in load_pickle_state_dict(p, field, "meta").items()}
 
 
 @contextlib.contextmanager

@@ -225,11 +225,7 @@ def config_from_yaml(path: str | os.PathLike[str], *, field: str = "--config") -
 def read_checkpoint(path: str | os.PathLike[str], *, field: str = FIELD) -> dict[str, Any]:
     """The state dict of a taming checkpoint: safetensors (by content), or a pickle `.ckpt`
     read with torch's restricted unpickler (`weights_only=True`), its "state_dict" key taken."""
-    import pickle
-
-    import torch
-
-    from ..sd.singlefile import is_safetensors
+    from ..sd.singlefile import is_safetensors, load_pickle_state_dict
 
     p = Path(os.path.expanduser(os.fspath(path)))
     if not p.is_file():
@@ -238,22 +234,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, field: str = FIELD) -> dict
         from safetensors.torch import load_file
 
         return dict(load_file(str(p)))
-    try:
-        # A file object, not the path: torch.load routes "*.safetensors" names to safetensors.
-        with open(p, "rb") as f:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise InvalidParams(
-            f"{p.name} is neither safetensors nor a checkpoint torch can read safely "
-            f"(weights_only): {detail}",
-            field=field,
-        ) from None
-    while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
-        raise InvalidParams(f"{p.name} does not hold a state dict", field=field)
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return load_pickle_state_dict(p, field)
 
 
 def taming_to_diffusers(
