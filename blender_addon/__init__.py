@@ -1,22 +1,25 @@
-"""genart for Blender: registers the add-on's classes, nothing else.
+"""genart for Blender: registers the add-on's classes and its session holder, nothing else.
 
-What the add-on does lives in its submodules: `preferences`, `ui/` (draw code), `client/`
-(the sidecar connection, no `bpy`) and `_vendor/genart_protocol` (a build-generated copy
-of `genart_core.protocol`).
+What the add-on does lives in its submodules: `preferences`, `operators/` (one file per
+user action), `ui/` (draw code), `runtime` (the one live sidecar session), `client/` (the
+sidecar connection, no `bpy`) and `_vendor/genart_protocol` (a build-generated copy of
+`genart_core.protocol`).
 """
 
 import bpy
 
-from . import preferences, ui
+from . import operators, preferences, runtime, ui
 
-CLASSES = (*preferences.CLASSES, *ui.CLASSES)
+CLASSES = (*preferences.CLASSES, *operators.CLASSES, *ui.CLASSES)
 
 
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    runtime.register()
 
 
 def unregister() -> None:
+    runtime.unregister()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -109,7 +109,15 @@ print("GENART-ADDON-OK")
 """
 
 
-def run_in_blender(tmp_path: Path, zip_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+def run_in_blender(
+    tmp_path: Path,
+    zip_path: Path,
+    body: str,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
+    """Runs BLOCKER + `body` in a fresh Python with the bpy wheel and a throwaway Blender
+    user (`ZIP` names the add-on zip); shared by the other Blender test files."""
     user = tmp_path / "blender-user"
     env = {
         **os.environ,
@@ -121,6 +129,7 @@ def run_in_blender(tmp_path: Path, zip_path: Path, body: str) -> subprocess.Comp
         "BLENDER_USER_DATAFILES": str(user / "datafiles"),
         "HOME": str(tmp_path / "home"),
         "PYTHONNOUSERSITE": "1",
+        **(extra_env or {}),
     }
     env.pop("PYTHONPATH", None)
     (tmp_path / "home").mkdir(exist_ok=True)
@@ -133,7 +142,7 @@ def run_in_blender(tmp_path: Path, zip_path: Path, body: str) -> subprocess.Comp
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
     )
 
 

@@ -1,15 +1,17 @@
-"""The genart tab in the 3D view's sidebar (N panel): the sidecar's state, for now."""
+"""The genart tab in the 3D view's sidebar (N panel): the sidecar's state and a check."""
 
 from __future__ import annotations
 
 import bpy
 
-NOT_CONNECTED = "not connected"
+from .. import runtime
+
+ICONS = {"ready": "CHECKMARK", "dead": "ERROR", "restarting": "FILE_REFRESH"}
 
 
 def sidecar_state_text(context: bpy.types.Context) -> str:
-    """One line for the sidecar's state; a placeholder until the session object exists."""
-    return NOT_CONNECTED
+    """One line for the sidecar's state, from the add-on's session (cheap: no I/O)."""
+    return runtime.session().text
 
 
 class VIEW3D_PT_genart(bpy.types.Panel):
@@ -19,4 +21,7 @@ class VIEW3D_PT_genart(bpy.types.Panel):
     bl_category = "genart"
 
     def draw(self, context: bpy.types.Context) -> None:
-        self.layout.label(text=f"Sidecar: {sidecar_state_text(context)}")
+        state = runtime.session().state
+        col = self.layout.column()
+        col.label(text=f"Sidecar: {sidecar_state_text(context)}", icon=ICONS.get(state, "NONE"))
+        col.operator("genart.check_sidecar", icon="PLUGIN")

@@ -1,0 +1,247 @@
+"""The add-on's `Session` against real sidecar subprocesses, and the Check sidecar operator
+inside the `bpy` wheel.
+
+The session tests load `client/session.py` from the built zip as a plain package, without
+the add-on's `__init__` (which imports `bpy`), and drive `tick()` by hand with bounded loops,
+as headless code in `blender -b` has to.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import time
+import types
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from conftest import SidecarProcess
+from test_blender_addon import build_addon, run_in_blender
+
+pytestmark = [pytest.mark.blender, pytest.mark.process]
+
+PKG = "genart_addon_nobpy"
+SIDECAR_CMD = (sys.executable, "-m", "sidecar")
+FAST = {"backoff": (0.2,), "client_options": {"ping_interval": 0.3, "max_missed": 3}}
+
+
+@pytest.fixture(scope="module")
+def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_addon.build(tmp_path_factory.mktemp("addon"))
+
+
+@pytest.fixture(scope="module")
+def sess(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    """blender_addon/client/session.py from the zip, its package's __init__ never run."""
+    root = tmp_path_factory.mktemp("unzipped")
+    with zipfile.ZipFile(addon_zip) as zf:
+        zf.extractall(root)
+    assert "import bpy" not in (root / "client" / "session.py").read_text()
+    pkg = types.ModuleType(PKG)
+    pkg.__path__ = [str(root)]
+    sys.modules[PKG] = pkg
+    module = importlib.import_module(PKG + ".client.session")
+    yield module
+    for name in [n for n in sys.modules if n == PKG or n.startswith(PKG + ".")]:
+        del sys.modules[name]
+
+
+def settings(sess: ModuleType, mode: str, **kw: object) -> object:
+    mod = sys.modules[PKG + ".client.settings"]
+    values = {"launch_command": SIDECAR_CMD, "connection_file": "", "address": "", **kw}
+    return mod.EffectiveSettings(mode=mode, **values)
+
+
+def drive(session: object, until: set[str], timeout: float) -> list[str]:
+    """Ticks by hand until the state is in `until`; returns the states seen, in order."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = session.tick()  # type: ignore[attr-defined]
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if state in until:
+            return seen
+        time.sleep(0.01)
+    raise AssertionError(f"still {seen[-1]!r} after {timeout} s ({seen}): {session.text}")  # type: ignore[attr-defined]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_connect_mode_reaches_ready_with_engines(sess: ModuleType, tmp_path: Path) -> None:
+    sc = SidecarProcess(tmp_path / "state").start()
+    try:
+        s = sess.Session(**FAST)
+        s.start(settings(sess, "CONNECT", connection_file=str(sc.connection_file)))
+        assert s.state == sess.STARTING
+        drive(s, {sess.READY, sess.DEAD}, 10)
+        assert s.state == sess.READY, s.text
+        assert "fake" in s.engine_names() and s.pid == sc.proc.pid and not s.owned
+        assert s.text.startswith("ready: ") and "engines " in s.text and "fake" in s.text
+        s.stop()
+        assert s.state == sess.STOPPED and s.text == sess.NOT_CONNECTED
+        assert sc.proc.poll() is None, "stop() must leave a sidecar it did not start running"
+    finally:
+        sc.stop()
+
+
+def test_launch_restarts_a_killed_sidecar_then_stop_ends_it(
+    sess: ModuleType, tmp_path: Path
+) -> None:
+    s = sess.Session(state_dir=tmp_path / "state", extra_args=["--enable-test-engines"], **FAST)
+    try:
+        s.start(settings(sess, "LAUNCH"))
+        drive(s, {sess.READY, sess.DEAD}, 20)
+        assert s.state == sess.READY and s.owned, s.text
+        first = s.pid
+        assert first == s.proc.pid and "fake" in s.engine_names()
+        cmdline = Path(f"/proc/{first}/cmdline").read_bytes().split(b"\0")
+        assert b"--parent-pid" in cmdline and str(os.getpid()).encode() in cmdline
+        token = sess.ConnectionInfo.read(s.connection_file).token.encode()
+        assert not any(token in arg for arg in cmdline), "token on the command line"
+
+        os.kill(first, signal.SIGKILL)
+        seen = drive(s, {sess.RESTARTING, sess.DEAD}, 5)
+        assert seen[-1] == sess.RESTARTING and s.restarts == 1, (seen, s.text)
+        assert s.text.startswith("restarting (1/5): ")
+        seen = drive(s, {sess.READY, sess.DEAD}, 20)
+        assert s.state == sess.READY, (seen, s.text)
+        second = s.pid
+        assert second is not None and second != first and s.owned
+
+        s.stop()
+        assert s.state == sess.STOPPED and gone(second), "the owned sidecar is still running"
+    finally:
+        s.stop()
+
+
+def test_a_hung_sidecar_is_found_unresponsive_and_replaced(
+    sess: ModuleType, tmp_path: Path
+) -> None:
+    s = sess.Session(state_dir=tmp_path / "state", extra_args=["--enable-test-engines"], **FAST)
+    try:
+        s.start(settings(sess, "LAUNCH"))
+        drive(s, {sess.READY, sess.DEAD}, 20)
+        first = s.pid
+        os.kill(first, signal.SIGSTOP)  # alive but silent: only a missed ping tells
+        drive(s, {sess.RESTARTING, sess.DEAD}, 5)
+        assert "not answered" in s.reason, s.text
+        drive(s, {sess.READY, sess.DEAD}, 20)
+        assert s.state == sess.READY and s.pid != first, s.text
+        assert gone(first), "the hung sidecar was left behind"
+    finally:
+        s.stop()
+
+
+def test_launch_when_a_sidecar_holds_the_state_dir_connects_to_it(
+    sess: ModuleType, tmp_path: Path
+) -> None:
+    sc = SidecarProcess(tmp_path / "state").start()
+    try:
+        s = sess.Session(state_dir=tmp_path / "state", **FAST)
+        s.start(settings(sess, "LAUNCH"))
+        drive(s, {sess.READY, sess.DEAD}, 20)
+        assert s.state == sess.READY and s.pid == sc.proc.pid and not s.owned, s.text
+        s.stop()
+        assert sc.proc.poll() is None
+    finally:
+        sc.stop()
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (("/nonexistent/genart-sidecar",), "cannot run '/nonexistent/genart-sidecar'"),
+        ((sys.executable, "-c", "import sys; print('no torch here'); sys.exit(1)"), "code 1"),
+    ],
+)
+def test_a_sidecar_that_cannot_start_ends_dead_with_its_reason(
+    sess: ModuleType, tmp_path: Path, command: tuple[str, ...], expected: str
+) -> None:
+    s = sess.Session(state_dir=tmp_path / "state", backoff=(0.01, 0.02), max_restarts=3)
+    s.start(settings(sess, "LAUNCH", launch_command=command))
+    seen = drive(s, {sess.DEAD, sess.READY}, 10)
+    assert s.state == sess.DEAD and sess.RESTARTING in seen, (seen, s.text)
+    assert s.restarts == 3 and "gave up after 3 restarts" in s.reason, s.text
+    assert expected in s.text, s.text
+    if command[0] == sys.executable:
+        assert "no torch here" in s.text, s.text
+    s.stop()
+    assert s.state == sess.STOPPED
+
+
+def test_connect_to_a_missing_sidecar_is_dead_after_the_cap(
+    sess: ModuleType, tmp_path: Path
+) -> None:
+    s = sess.Session(backoff=(0.01,), max_restarts=2)
+    s.start(settings(sess, "CONNECT", connection_file=str(tmp_path / "none.json")))
+    seen = drive(s, {sess.DEAD, sess.READY}, 10)
+    assert seen[-1] == sess.DEAD and "cannot reach the sidecar" in s.reason, (seen, s.text)
+
+
+CHECK = """
+import importlib
+import os
+import bpy
+
+MOD = "bl_ext.user_default.genart"
+assert bpy.ops.extensions.package_install_files(
+    repo="user_default", filepath=ZIP, enable_on_install=True
+) == {"FINISHED"}
+addon = importlib.import_module(MOD)
+
+def check():
+    try:
+        return bpy.ops.genart.check_sidecar(), ""
+    except RuntimeError as exc:  # bpy.ops raises the operator's ERROR report
+        return {"CANCELLED"}, str(exc)
+
+os.environ["GENART_CONNECTION_FILE"] = MISSING
+result, report = check()
+print("MISSING:", result, repr(report), addon.ui.panel.sidecar_state_text(bpy.context))
+assert result == {"CANCELLED"}, result
+assert "Sidecar not reachable" in report and "cannot reach the sidecar" in report, report
+assert "Preferences > Add-ons > genart" in report and "GENART_CONNECTION_FILE" in report, report
+assert addon.runtime.session().state in ("restarting", "dead"), addon.runtime.session().text
+
+os.environ["GENART_CONNECTION_FILE"] = RUNNING
+result, report = check()
+text = addon.ui.panel.sidecar_state_text(bpy.context)
+print("RUNNING:", result, repr(report), text)
+assert result == {"FINISHED"}, (result, report)
+assert text.startswith("ready: ") and "fake" in text, text
+assert addon.runtime.session().pid == PID, addon.runtime.session().pid
+
+bpy.ops.preferences.addon_disable(module=MOD)
+assert addon.runtime.RUNTIME.session is None
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not heavy and not refused, (heavy, refused)
+print("GENART-CHECK-OK")
+"""
+
+
+def test_check_sidecar_operator_in_blender(addon_zip: Path, tmp_path: Path) -> None:
+    sc = SidecarProcess(tmp_path / "state").start()
+    try:
+        body = (
+            f"MISSING = {str(tmp_path / 'missing' / 'connection.json')!r}\n"
+            f"RUNNING = {str(sc.connection_file)!r}\n"
+            f"PID = {sc.proc.pid}\n" + CHECK
+        )
+        out = run_in_blender(tmp_path, addon_zip, body, timeout=120)
+        log = out.stdout[-4000:] + out.stderr[-4000:]
+        assert out.returncode == 0 and "GENART-CHECK-OK" in out.stdout, log
+        assert sc.proc.poll() is None, "the add-on stopped a sidecar it did not start"
+    finally:
+        sc.stop()
