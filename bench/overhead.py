@@ -23,6 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Both paths share 2 cores here: OpenMP threads that spin after the in-process round would
+# steal the sidecar worker's CPU (measured: ratio 1.079 spinning, 1.016 passive). Set
+# before torch is imported; the sidecar inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(ROOT / "tests"))
 
 from sdtiny import build_tiny_sd  # noqa: E402
