@@ -15,6 +15,8 @@ from typing import Any
 
 from ..protocol.errors import InvalidParams
 
+MAX_SIDE = 8192  # pixels, either side of any image an engine makes
+
 PARAM_TYPES = (
     "int",
     "float",
@@ -138,3 +140,23 @@ def validate_params(schema: Iterable[dict[str, Any]], params: dict[str, Any]) ->
         value = params.get(name, spec["default"])
         out[name] = _check_one(f"params.{name}", value, spec)
     return out
+
+
+# The pixel cap every image engine offers, and its check (one place for both).
+MAX_PIXELS_PARAM = Param(
+    "max_pixels",
+    "int",
+    4096 * 4096,
+    "refuse outputs larger than this",
+    min=64,
+    max=MAX_SIDE * MAX_SIDE,
+)
+
+
+def check_pixel_cap(width: int, height: int, cap: int) -> None:
+    if width * height > cap:
+        raise InvalidParams(
+            f"{width}×{height} is over the pixel cap {cap}",
+            field="params.width",
+            allowed={"max_pixels": cap},
+        )

@@ -84,3 +84,19 @@ def to_mask(arr: np.ndarray, field: str) -> np.ndarray:
     """(H, W) float32 in [0, 1]: 1 where the image is regenerated."""
     m = _unit(arr, field)
     return np.ascontiguousarray(m if m.ndim == 2 else m[..., 0])
+
+
+def read_inputs(inputs: dict[str, Input], allowed: dict[str, str]) -> dict[str, np.ndarray]:
+    """A frame's inputs as arrays: only names the engine knows, all of one (H, W)."""
+    unknown = sorted(set(inputs) - set(allowed))
+    if unknown:
+        raise InvalidParams(
+            f"unknown input {unknown[0]!r}", field=f"inputs.{unknown[0]}", allowed=sorted(allowed)
+        )
+    arrays = {name: input_array(inp) for name, inp in inputs.items()}
+    shapes = {name: a.shape[:2] for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise InvalidParams(
+            f"inputs differ in size: {shapes}", field="inputs", allowed="one (H, W) for all inputs"
+        )
+    return arrays

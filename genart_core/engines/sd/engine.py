@@ -24,14 +24,13 @@ import numpy as np
 from ...imaging.control import check_near_far, depth_to_disparity, fit_size, normals_to_bae
 from ...protocol.errors import EngineFailed, InvalidParams, OutOfMemory
 from ..base import Engine, Input, Output, RunContext
-from ..schema import Param
-from .arrays import input_array, to_mask, to_rgb
+from ..schema import MAX_PIXELS_PARAM, MAX_SIDE, Param, check_pixel_cap
+from .arrays import read_inputs, to_mask, to_rgb
 from .wrap import wrapped
 
 log = logging.getLogger("genart.engines.sd")
 
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp_2m", "lcm")
-MAX_SIDE = 8192
 # Latent → RGB factors for cheap previews without a VAE decode (SD 1.x/2.x and SDXL).
 LATENT_RGB_SD = [
     [0.3512, 0.2297, 0.3227],
@@ -101,14 +100,7 @@ class StableDiffusionEngine(Engine):
             max=MAX_SIDE,
         ),
         Param("height", "int", 512, "output height in pixels", min=8, max=MAX_SIDE),
-        Param(
-            "max_pixels",
-            "int",
-            4096 * 4096,
-            "refuse outputs larger than this",
-            min=64,
-            max=MAX_SIDE * MAX_SIDE,
-        ),
+        MAX_PIXELS_PARAM,
         Param("steps", "int", 20, "denoising steps", min=1, max=150),
         Param(
             "guidance",
@@ -210,27 +202,8 @@ class StableDiffusionEngine(Engine):
                 field="params.model",
             )
         width, height = params["width"], params["height"]
-        if width * height > params["max_pixels"]:
-            raise InvalidParams(
-                f"{width}×{height} is over the pixel cap {params['max_pixels']}",
-                field="params.width",
-                allowed={"max_pixels": params["max_pixels"]},
-            )
-        arrays = {name: input_array(inp) for name, inp in inputs.items() if name in self.inputs}
-        unknown = sorted(set(inputs) - set(self.inputs))
-        if unknown:
-            raise InvalidParams(
-                f"unknown input {unknown[0]!r}",
-                field=f"inputs.{unknown[0]}",
-                allowed=sorted(self.inputs),
-            )
-        shapes = {name: a.shape[:2] for name, a in arrays.items()}
-        if len(set(shapes.values())) > 1:
-            raise InvalidParams(
-                f"inputs differ in size: {shapes}",
-                field="inputs",
-                allowed="one (H, W) for all inputs",
-            )
+        check_pixel_cap(width, height, params["max_pixels"])
+        arrays = read_inputs(inputs, self.inputs)
         image = to_rgb(arrays["image"], "inputs.image") if "image" in arrays else None
         mask = to_mask(arrays["mask"], "inputs.mask") if "mask" in arrays else None
 

@@ -17,8 +17,8 @@ import numpy as np
 from ...imaging.control import fit_size
 from ...protocol.errors import EngineFailed, InvalidParams, OutOfMemory
 from ..base import Engine, Input, Output, RunContext
-from ..schema import Param
-from .engine import MAX_SIDE, SEED_PARAM, _check_pixels, _require, rgba
+from ..schema import MAX_PIXELS_PARAM, MAX_SIDE, Param, check_pixel_cap
+from .engine import SEED_PARAM, _require, rgba
 
 log = logging.getLogger("genart.engines.amused")
 
@@ -47,14 +47,7 @@ class AmusedEngine(Engine):
         Param("negative_prompt", "string", "", "what to avoid (with guidance > 1)", max=4000),
         Param("width", "int", 256, "output width in pixels", min=8, max=MAX_SIDE),
         Param("height", "int", 256, "output height in pixels", min=8, max=MAX_SIDE),
-        Param(
-            "max_pixels",
-            "int",
-            4096 * 4096,
-            "refuse outputs larger than this",
-            min=64,
-            max=MAX_SIDE * MAX_SIDE,
-        ),
+        MAX_PIXELS_PARAM,
         Param("steps", "int", 12, "unmasking steps", min=1, max=100),
         Param("guidance", "float", 10.0, "classifier-free guidance scale", min=0.0, max=30.0),
         SEED_PARAM,
@@ -100,7 +93,7 @@ class AmusedEngine(Engine):
                 f"aMUSEd txt2img takes no inputs, not {name!r}", field=f"inputs.{name}", allowed=[]
             )
         width, height = params["width"], params["height"]
-        _check_pixels(width, height, params["max_pixels"])
+        check_pixel_cap(width, height, params["max_pixels"])
         import torch
 
         pipe = self._pipe(params["model"])

@@ -17,12 +17,11 @@ import numpy as np
 from ...imaging.control import depth_to_disparity, fit_size
 from ...protocol.errors import InvalidParams, OutOfMemory
 from ..base import Engine, Input, Output, RunContext
-from ..schema import Param
-from ..sd.arrays import input_array, to_rgb
+from ..schema import MAX_PIXELS_PARAM, MAX_SIDE, Param, check_pixel_cap
+from ..sd.arrays import read_inputs, to_rgb
 
 log = logging.getLogger("genart.engines.vqgan")
 
-MAX_SIDE = 8192
 PREVIEW_SIDE = 256
 FLOPS_NOTE = (
     "slow, 'artistic' mode: ~56× the FLOPs of a 20-step SD 1.5 image (300 iterations at "
@@ -77,30 +76,6 @@ class _Models:
     def clear(self) -> None:
         self.vqs.clear()
         self.clips.clear()
-
-
-def _arrays(inputs: dict[str, Input], allowed: dict[str, str]) -> dict[str, np.ndarray]:
-    unknown = sorted(set(inputs) - set(allowed))
-    if unknown:
-        raise InvalidParams(
-            f"unknown input {unknown[0]!r}", field=f"inputs.{unknown[0]}", allowed=sorted(allowed)
-        )
-    arrays = {name: input_array(inp) for name, inp in inputs.items()}
-    shapes = {name: a.shape[:2] for name, a in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        raise InvalidParams(
-            f"inputs differ in size: {shapes}", field="inputs", allowed="one (H, W) for all inputs"
-        )
-    return arrays
-
-
-def _check_pixels(width: int, height: int, cap: int) -> None:
-    if width * height > cap:
-        raise InvalidParams(
-            f"{width}×{height} is over the pixel cap {cap}",
-            field="params.width",
-            allowed={"max_pixels": cap},
-        )
 
 
 def _require(params: dict[str, Any], name: str, what: str) -> None:
@@ -194,14 +169,7 @@ class VQGANEngine(Engine):
             min=64,
             max=MAX_SIDE * MAX_SIDE,
         ),
-        Param(
-            "max_pixels",
-            "int",
-            4096 * 4096,
-            "refuse outputs larger than this",
-            min=64,
-            max=MAX_SIDE * MAX_SIDE,
-        ),
+        MAX_PIXELS_PARAM,
     )
 
     def __init__(self) -> None:
@@ -212,7 +180,7 @@ class VQGANEngine(Engine):
     ) -> tuple[np.ndarray, int, int]:
         """(init image (H, W, 3) float, output width, output height), validated."""
         _require(params, "model", "a VQGAN: a diffusers VQModel folder or a .safetensors file")
-        arrays = _arrays(inputs, self.inputs)
+        arrays = read_inputs(inputs, self.inputs)
         if "image" not in arrays:
             raise InvalidParams("a VQGAN round trip needs an image input", field="inputs.image")
         image = to_rgb(arrays["image"], "inputs.image")
@@ -227,7 +195,7 @@ class VQGANEngine(Engine):
         if width < 8 or height < 8:
             field = "params.width" if width < 8 else "params.height"
             raise InvalidParams("an output side must be at least 8 pixels", field=field)
-        _check_pixels(width, height, params["max_pixels"])
+        check_pixel_cap(width, height, params["max_pixels"])
         return image, width, height
 
     def model_capabilities(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -331,14 +299,7 @@ class VQGANCLIPEngine(Engine):
             min=64,
             max=2048 * 2048,
         ),
-        Param(
-            "max_pixels",
-            "int",
-            4096 * 4096,
-            "refuse outputs larger than this",
-            min=64,
-            max=MAX_SIDE * MAX_SIDE,
-        ),
+        MAX_PIXELS_PARAM,
         Param(
             "iterations",
             "int",
@@ -402,8 +363,8 @@ class VQGANCLIPEngine(Engine):
         if not params["prompt"].strip():
             raise InvalidParams("VQGAN+CLIP needs a prompt", field="params.prompt")
         width, height = params["width"], params["height"]
-        _check_pixels(width, height, params["max_pixels"])
-        arrays = _arrays(inputs, self.inputs)
+        check_pixel_cap(width, height, params["max_pixels"])
+        arrays = read_inputs(inputs, self.inputs)
         image = to_rgb(arrays["image"], "inputs.image") if "image" in arrays else None
         if task == "img2img" and image is None:
             raise InvalidParams("img2img needs an image input", field="inputs.image")
