@@ -63,26 +63,25 @@ def _depth_input(path: Path) -> Attachment:
     if path.suffix.lower() == ".npy":
         depth = np.load(path, allow_pickle=False)
     elif path.suffix.lower() == ".exr":
+        # Blender's multilayer EXR ("<ViewLayer>.Depth.Z", one part per pass in 5.0) or a
+        # plain one ("Z"); a file of one unnamed grey channel is taken as depth too.
+        from .imaging.passes import read_channels, read_passes
+
         try:
-            import OpenEXR  # type: ignore[import-not-found]
-        except ImportError:
-            raise InvalidParams(
-                "reading .exr needs the openexr package (pip install openexr), or pass a .npy",
-                field="--depth",
-            ) from None
-        with OpenEXR.File(str(path)) as exr:
-            channels = exr.channels()
-            # Blender's multilayer EXR names it "<ViewLayer>.Depth.Z"; a plain one "Z".
-            names = [n for n in channels if n == "Z" or n.endswith(".Z")]
-            if not names and len(channels) == 1:  # one unnamed grey channel
-                names = [n for n in channels if np.asarray(channels[n].pixels).ndim == 2]
-            if not names:
+            depth = read_passes(path).depth
+        except InvalidParams as exc:
+            if exc.field != "inputs.passes":
+                raise InvalidParams(str(exc), field="--depth", allowed=exc.allowed) from None
+            depth = None
+        if depth is None:
+            channels = read_channels(path)
+            if len(channels) != 1:
                 raise InvalidParams(
                     f"no depth channel (Z) in {path}: it has {sorted(channels)}",
                     field="--depth",
                     allowed=["Z", "<layer>.Depth.Z"],
                 )
-            depth = np.asarray(channels[names[0]].pixels)
+            depth = next(iter(channels.values()))
     else:
         raise InvalidParams(
             f"depth must be .npy or .exr, not {path.suffix}",

@@ -498,6 +498,12 @@ def test_depth_from_a_blender_style_multilayer_exr(tmp_path: Path) -> None:
     att = _depth_input(tmp_path / "passes.exr")
     assert att.shape == (6, 8)
     assert np.array_equal(np.frombuffer(att.data, np.float32).reshape(6, 8), z)
+    # Blender 5.0 writes one part per pass, the depth in the second one.
+    from genart_core.imaging.passes import write_passes
+
+    write_passes(tmp_path / "parts.exr", {"combined": np.dstack([rgba] * 4), "depth": z})
+    att = _depth_input(tmp_path / "parts.exr")
+    assert np.array_equal(np.frombuffer(att.data, np.float32).reshape(6, 8), z)
     with OpenEXR.File(header, layers) as f:
         f.write(str(tmp_path / "color.exr"))
     with pytest.raises(InvalidParams) as exc:

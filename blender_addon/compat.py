@@ -1,0 +1,71 @@
+"""Differences between the Blender versions the add-on supports (4.5 LTS to 5.x), in one place.
+
+Everything else in the add-on calls these instead of testing `bpy.app.version` itself
+(DESIGN §9). Each function says which versions spell the thing which way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+# 5.0 split the format enum: `media_type` picks image / multilayer / video first.
+HAS_MEDIA_TYPE = hasattr(bpy.types.ImageFormatSettings, "bl_rna") and (
+    "media_type" in bpy.types.ImageFormatSettings.bl_rna.properties
+)
+
+# EEVEE's engine id: 4.2-4.5 "BLENDER_EEVEE_NEXT", 5.0 back to "BLENDER_EEVEE".
+EEVEE_IDS = ("BLENDER_EEVEE", "BLENDER_EEVEE_NEXT")
+WORKBENCH = "BLENDER_WORKBENCH"
+CYCLES = "CYCLES"
+
+
+def image_format_attrs() -> tuple[str, ...]:
+    """The ImageFormatSettings fields capture changes, in the order they must be restored
+    (5.0: setting `media_type` resets `file_format`, so it comes first)."""
+    head = ("media_type",) if HAS_MEDIA_TYPE else ()
+    return (
+        *head,
+        "file_format",
+        "color_mode",
+        "color_depth",
+        "exr_codec",
+        "color_management",
+    )
+
+
+def set_multilayer_exr(fmt: Any) -> None:
+    """Multilayer EXR, 32-bit float, uncompressed: every pass as exact linear data."""
+    if HAS_MEDIA_TYPE:
+        fmt.media_type = "MULTI_LAYER_IMAGE"  # 5.0+
+    else:
+        fmt.file_format = "OPEN_EXR_MULTILAYER"  # 4.5
+    fmt.color_depth = "32"
+    fmt.exr_codec = "NONE"
+
+
+def set_png(fmt: Any, color_mode: str = "RGBA") -> None:
+    """8-bit PNG that follows the scene's colour management (display-referred)."""
+    if HAS_MEDIA_TYPE:
+        fmt.media_type = "IMAGE"
+    fmt.file_format = "PNG"
+    fmt.color_mode = color_mode
+    fmt.color_depth = "8"
+    fmt.color_management = "FOLLOW_SCENE"
+
+
+def is_eevee(engine: str) -> bool:
+    return engine in EEVEE_IDS
+
+
+__all__ = [
+    "CYCLES",
+    "EEVEE_IDS",
+    "HAS_MEDIA_TYPE",
+    "WORKBENCH",
+    "image_format_attrs",
+    "is_eevee",
+    "set_multilayer_exr",
+    "set_png",
+]
