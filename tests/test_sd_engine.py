@@ -424,6 +424,59 @@ def test_control_map_uses_the_requests_near_far(models: dict[str, str], tmp_path
     assert maps[0][0, 0] == 0.0 and maps[1][0, 0] > maps[2][0, 0] > 0.0
 
 
+def test_a_capture_exr_stands_in_for_depth_and_normal(
+    models: dict[str, str], tmp_path: Path
+) -> None:
+    """The add-on sends its capture's multilayer EXR as one `passes` input: the engine
+    reads the same depth and normal from it as from separate arrays."""
+    from genart_core.imaging.passes import write_passes
+
+    engine = StableDiffusionEngine()
+    schema = [p.to_dict() for p in engine.params]
+    params = validate_params(
+        schema,
+        {
+            "model": models["sd"],
+            "depth_controlnet": models["cn"],
+            "normal_controlnet": models["cn"],
+            "near": 1.0,
+            "far": 20.0,
+            "camera_rotation": [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+        },
+    )
+    depth = depth_map(16, 16)
+    normal = np.zeros((16, 16, 3), np.float32)
+    normal[..., 0] = 0.6
+    normal[..., 2] = 0.8
+    depth.tofile(tmp_path / "d.bin")
+    normal.tofile(tmp_path / "n.bin")
+    write_passes(
+        tmp_path / "p.exr", {"depth": depth, "normal": normal, "vector": np.zeros((16, 16, 4))}
+    )
+    separate = engine.prepare(
+        "control",
+        params,
+        {
+            "depth": Input("depth", "array", tmp_path / "d.bin", "float32", (16, 16)),
+            "normal": Input("normal", "array", tmp_path / "n.bin", "float32", (16, 16, 3)),
+        },
+    )
+    exr = engine.prepare(
+        "control", params, {"passes": Input("passes", "blob", tmp_path / "p.exr", encoding="exr")}
+    )
+    assert len(exr.controls) == len(separate.controls) == 2
+    for a, b in zip(exr.controls, separate.controls, strict=True):
+        assert np.array_equal(a[3], b[3])
+    with pytest.raises(InvalidParams) as exc:
+        (tmp_path / "bad.exr").write_bytes(b"nope")
+        engine.prepare(
+            "control",
+            params,
+            {"passes": Input("passes", "blob", tmp_path / "bad.exr", encoding="exr")},
+        )
+    assert exc.value.field == "inputs.passes"
+
+
 @pytest.mark.process
 def test_genart_generate_writes_the_image(
     sidecar: SidecarProcess, models: dict[str, str], tmp_path: Path

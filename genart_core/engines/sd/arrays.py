@@ -86,6 +86,26 @@ def to_mask(arr: np.ndarray, field: str) -> np.ndarray:
     return np.ascontiguousarray(m if m.ndim == 2 else m[..., 0])
 
 
+PASSES = "passes"  # a Blender multilayer EXR (the add-on's capture) standing in for several
+
+
+def passes_arrays(inp: Input, allowed: dict[str, str]) -> dict[str, np.ndarray]:
+    """The passes of a capture's EXR that the engine takes as inputs (depth, normal...)."""
+    from ...imaging.passes import PASSES as KNOWN
+    from ...imaging.passes import read_passes
+
+    if inp.encoding not in (None, "exr"):
+        raise InvalidParams(
+            f"passes must be an EXR, not {inp.encoding}", field="inputs.passes", allowed=["exr"]
+        )
+    passes = read_passes(inp.path)
+    return {
+        name: getattr(passes, name)
+        for name in KNOWN
+        if name in allowed and getattr(passes, name) is not None
+    }
+
+
 def read_inputs(inputs: dict[str, Input], allowed: dict[str, str]) -> dict[str, np.ndarray]:
     """A frame's inputs as arrays: only names the engine knows, all of one (H, W)."""
     unknown = sorted(set(inputs) - set(allowed))
@@ -93,7 +113,9 @@ def read_inputs(inputs: dict[str, Input], allowed: dict[str, str]) -> dict[str, 
         raise InvalidParams(
             f"unknown input {unknown[0]!r}", field=f"inputs.{unknown[0]}", allowed=sorted(allowed)
         )
-    arrays = {name: input_array(inp) for name, inp in inputs.items()}
+    arrays = {name: input_array(inp) for name, inp in inputs.items() if name != PASSES}
+    if PASSES in inputs:
+        arrays = {**passes_arrays(inputs[PASSES], allowed), **arrays}  # explicit ones win
     shapes = {name: a.shape[:2] for name, a in arrays.items()}
     if len(set(shapes.values())) > 1:
         raise InvalidParams(

@@ -80,6 +80,8 @@ class StableDiffusionEngine(Engine):
         "mask": "(H, W) uint8 or float32; white/1 = regenerate (inpaint)",
         "depth": "(H, W) float32 planar Z in scene units, +inf for background",
         "normal": "(H, W, 3) float32 world-space normals (Blender's Normal pass)",
+        "passes": "a Blender multilayer EXR (the add-on's capture); its depth and normal "
+        "passes stand in for those inputs",
     }
     params = (
         Param(
