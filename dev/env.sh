@@ -1,4 +1,5 @@
-# Sourced by dev/test.sh and dev/demo.sh: creates .venv and installs the project into it.
+# Sourced by dev/test.sh and dev/demo.sh: creates .venv and installs the project into it, and
+# .venv-bpy45 with only the bpy 4.5 LTS wheel for the smoke test (tests/test_blender45.py).
 # torch==2.13.0 is the CPU wheel this machine image keeps on disk; a GPU box brings its own.
 PY=${GENART_PYTHON:-$(command -v python3.11 || command -v python3)}
 if [ ! -x .venv/bin/python ]; then
@@ -15,4 +16,17 @@ if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ] \
     .venv/bin/python -m pip install -q -e examples/genart-texsynth
     .venv/bin/python -m pip install -q bpy==5.0.1  # the Blender wheel for `blender` tests (numpy 1.26)
     touch $stamp
+fi
+
+# One venv holds one bpy, so the minimum supported Blender (4.5 LTS) gets its own, with bpy
+# and its own dependencies only (numpy<2): the add-on must run there without the project.
+BPY45=4.5.15
+stamp45=.venv-bpy45/.genart-bpy-$BPY45
+if [ ! -f $stamp45 ]; then
+    echo "== installing bpy==$BPY45 into .venv-bpy45"
+    rm -rf .venv-bpy45  # absent, half-built or another bpy: start clean
+    "$PY" -m venv .venv-bpy45
+    .venv-bpy45/bin/python -m pip install -q --upgrade pip
+    .venv-bpy45/bin/python -m pip install -q bpy==$BPY45
+    touch $stamp45
 fi

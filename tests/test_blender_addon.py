@@ -115,9 +115,11 @@ def run_in_blender(
     body: str,
     extra_env: dict[str, str] | None = None,
     timeout: float = 240,
+    python: str | Path = sys.executable,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs BLOCKER + `body` in a fresh Python with the bpy wheel and a throwaway Blender
-    user (`ZIP` names the add-on zip); shared by the other Blender test files."""
+    """Runs BLOCKER + `body` in a fresh Python with the bpy wheel (`python`: this venv's
+    5.0 by default) and a throwaway Blender user (`ZIP` names the add-on zip); shared by the
+    other Blender test files."""
     user = tmp_path / "blender-user"
     env = {
         **os.environ,
@@ -137,7 +139,7 @@ def run_in_blender(
     script.write_text(BLOCKER + f"ZIP = {str(zip_path)!r}\n" + body)
     # cwd outside the checkout so the repository is not on sys.path by accident.
     return subprocess.run(
-        [sys.executable, str(script)],
+        [str(python), str(script)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -1,0 +1,171 @@
+"""The smoke test on the oldest Blender the add-on supports: the `bpy` 4.5 LTS wheel.
+
+The full suite runs on the 5.0 wheel in `.venv`; this file runs one script in
+`.venv-bpy45` (built by dev/env.sh: bpy 4.5 and its own dependencies, nothing of the
+project) with the same import blocker, Blender user sandbox and zip as
+test_blender_addon.py: install and enable through the extension system, register and
+unregister, check a sidecar that is not there, and capture the default scene. DESIGN §9:
+"a smoke test (register, capture, apply) on the bpy 4.5 LTS wheel"; apply joins it when
+the add-on has it."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import OpenEXR
+import pytest
+from conftest import ROOT, SidecarProcess
+from test_blender_addon import INSTALL, build_addon, run_in_blender
+
+pytestmark = [pytest.mark.blender, pytest.mark.process]
+
+PYTHON45 = ROOT / ".venv-bpy45" / "bin" / "python"
+CHECK_SECONDS = 25.0  # the operator's own bound is 15 s; a hang shows as more than this
+
+
+@pytest.fixture(scope="module")
+def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_addon.build(tmp_path_factory.mktemp("addon"))
+
+
+# After INSTALL (install, enable, preferences, register/unregister twice, disable/enable):
+# the Check sidecar operator with no sidecar, a stopped one and a launch command that does
+# not exist. Each must end CANCELLED with one line saying how to configure, in bounded time.
+CHECK_45 = """
+import time
+assert bpy.app.version[:2] == (4, 5), bpy.app.version_string
+print("BLENDER", bpy.app.version_string)
+addon = importlib.import_module(MOD)  # the module object INSTALL's disable/enable left
+
+def check(var, value):
+    for name in ("GENART_SIDECAR", "GENART_CONNECTION_FILE"):
+        os.environ.pop(name, None)
+    os.environ[var] = value
+    t0 = time.monotonic()
+    try:
+        result, report = bpy.ops.genart.check_sidecar(), ""
+    except RuntimeError as exc:  # bpy.ops raises the operator's ERROR report
+        result, report = {"CANCELLED"}, str(exc)
+    spent = time.monotonic() - t0
+    print(var, value, result, f"{spent:.1f} s", repr(report))
+    assert result == {"CANCELLED"}, (result, report)
+    assert spent < CHECK_SECONDS, f"check_sidecar took {spent:.1f} s"
+    assert "Sidecar not reachable" in report, report
+    assert "Preferences > Add-ons > genart" in report and var in report, report
+    assert "Traceback" not in report, report
+    state = addon.runtime.session().state
+    assert state in ("restarting", "dead", "stopped"), addon.runtime.session().text
+    return report
+
+report = check("GENART_CONNECTION_FILE", MISSING)
+assert "cannot reach the sidecar" in report, report
+report = check("GENART_CONNECTION_FILE", STALE)
+assert "cannot reach the sidecar" in report, report
+check("GENART_SIDECAR", NO_SUCH_COMMAND)
+assert addon.ui.panel.sidecar_state_text(bpy.context) != "", "panel text empty"
+for name in ("GENART_SIDECAR", "GENART_CONNECTION_FILE"):
+    os.environ.pop(name, None)
+"""
+
+# The capture step: the add-on's `capture.capture_camera` on the 4.5 default scene (cube,
+# light, camera) into OUT, with Cycles at one sample and with Workbench (colour from it, the
+# data passes from its one-sample Cycles fallback); the scene is left as it was each time.
+# EEVEE (4.5's default engine, "BLENDER_EEVEE_NEXT") is left out: its first render compiles
+# shaders for ~40 s here. The pytest side reads the files back (no EXR reader in Blender).
+CAPTURE_45 = """
+import json
+from pathlib import Path
+capture = importlib.import_module(MOD + ".capture")
+scene = bpy.context.scene
+scene.cycles.samples = 1
+scene.cycles.use_denoising = False
+scene.cycles.device = "CPU"
+cube = bpy.data.objects["Cube"]
+
+def settings():
+    r = scene.render
+    return (
+        r.engine, r.filepath, r.image_settings.file_format, r.image_settings.color_depth,
+        r.resolution_x, r.resolution_y, scene.cycles.samples, cube.pass_index,
+    )
+
+captured = {}
+for engine in ("CYCLES", "BLENDER_WORKBENCH"):
+    scene.render.engine = engine
+    before = settings()
+    cap = capture.capture_camera(scene, Path(OUT) / engine, width=32, height=24)
+    assert settings() == before, f"capture left the scene changed: {before} -> {settings()}"
+    assert cap.render_engine == engine and cap.passes_engine == "CYCLES", cap
+    assert 0 < cap.near < cap.far, (cap.near, cap.far)
+    captured[engine] = {"color": str(cap.color_path), "passes": str(cap.passes_path)}
+print("CAPTURE " + json.dumps(captured))
+"""
+
+
+def check_capture(stdout: str) -> None:
+    """The files CAPTURE_45 reported: a 32x24 PNG and a multilayer EXR with the passes
+    for each engine (4.5 writes one part with every channel, 5.0 one part per pass)."""
+    line = next(x for x in stdout.splitlines() if x.startswith("CAPTURE "))
+    captured = json.loads(line[len("CAPTURE ") :])
+    assert sorted(captured) == ["BLENDER_WORKBENCH", "CYCLES"], captured
+    for engine, paths in captured.items():
+        color = Path(paths["color"]).read_bytes()
+        assert color[:8] == b"\x89PNG\r\n\x1a\n", (engine, color[:8])
+        size = struct.unpack(">II", color[16:24])
+        assert size == (32, 24), (engine, size)
+        with OpenEXR.File(paths["passes"], separate_channels=True) as exr:
+            channels = {n: c.pixels for part in exr.parts for n, c in part.channels.items()}
+        need = [f"ViewLayer.Combined.{c}" for c in "RGBA"] + ["ViewLayer.Depth.Z"]
+        need += [f"ViewLayer.Normal.{c}" for c in "XYZ"]
+        need += [f"ViewLayer.Vector.{c}" for c in "XYZW"]
+        assert not set(need) - set(channels), (engine, sorted(channels))
+        # 4.5 names the object-index channel "IndexOB", 5.0 "Object Index".
+        index = [n for n in ("ViewLayer.IndexOB.X", "ViewLayer.Object Index.X") if n in channels]
+        assert index, (engine, sorted(channels))
+        depth = channels["ViewLayer.Depth.Z"]
+        assert depth.shape == (24, 32), (engine, depth.shape)
+        # The default camera sees the default cube about 10 units away, the corners empty.
+        assert 5.0 < float(depth[12, 16]) < 15.0, (engine, depth[12, 16])
+        assert math.isinf(depth[0, 0]) or depth[0, 0] > 1e3, (engine, depth[0, 0])
+        assert channels[index[0]][12, 16] > 0, f"{engine}: the cube's temporary index is 0"
+
+
+FINISH = """
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not heavy and not refused, (heavy, refused)
+bpy.ops.preferences.addon_disable(module=MOD)
+assert addon.runtime.RUNTIME.session is None
+print("GENART-45-OK")
+"""
+
+
+def stale_connection_file(tmp_path: Path) -> Path:
+    """The connection file of a sidecar that was killed: its socket is left behind too."""
+    sc = SidecarProcess(tmp_path / "state").start()
+    try:
+        data = sc.connection_file.read_bytes()
+    finally:
+        sc.kill()
+    stale = tmp_path / "stale" / "connection.json"
+    stale.parent.mkdir()
+    stale.write_bytes(data)
+    return stale
+
+
+def test_register_check_and_capture_in_blender_45(addon_zip: Path, tmp_path: Path) -> None:
+    assert PYTHON45.is_file(), f"{PYTHON45} is missing: `source dev/env.sh` builds it"
+    body = (
+        f"MISSING = {str(tmp_path / 'missing' / 'connection.json')!r}\n"
+        f"STALE = {str(stale_connection_file(tmp_path))!r}\n"
+        f"NO_SUCH_COMMAND = {str(tmp_path / 'no-such-dir' / 'genart-sidecar')!r}\n"
+        f"CHECK_SECONDS = {CHECK_SECONDS!r}\n"
+        f"OUT = {str(tmp_path / 'capture')!r}\n" + INSTALL + CHECK_45 + CAPTURE_45 + FINISH
+    )
+    out = run_in_blender(tmp_path, addon_zip, body, timeout=240, python=PYTHON45)
+    log = out.stdout[-4000:] + out.stderr[-4000:]
+    assert out.returncode == 0 and "GENART-45-OK" in out.stdout, log
+    assert "GENART-ADDON-OK" in out.stdout and "BLENDER 4.5." in out.stdout, log
+    check_capture(out.stdout)
