@@ -222,6 +222,10 @@ print("RUNNING:", result, repr(report), text)
 assert result == {"FINISHED"}, (result, report)
 assert text.startswith("ready: ") and "fake" in text, text
 assert addon.runtime.session().pid == PID, addon.runtime.session().pid
+full = addon.operators.check_sidecar.check_text(addon.runtime.session(), None)
+print("CHECK:", full)
+assert "1 models: sd1 base ×1" in full, full  # listed by the check, from --models
+assert "device memory known once a job" in full or "GiB free" in full, full
 
 bpy.ops.preferences.addon_disable(module=MOD)
 assert addon.runtime.RUNTIME.session is None
@@ -232,7 +236,16 @@ print("GENART-CHECK-OK")
 
 
 def test_check_sidecar_operator_in_blender(addon_zip: Path, tmp_path: Path) -> None:
-    sc = SidecarProcess(tmp_path / "state").start()
+    models = tmp_path / "models"
+    pipe = models / "tiny-sd"
+    (pipe / "unet").mkdir(parents=True)
+    (pipe / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (pipe / "unet" / "config.json").write_text(
+        '{"_class_name": "UNet2DConditionModel", "cross_attention_dim": 768}'
+    )
+    sc = SidecarProcess(
+        tmp_path / "state", ["--models", str(models)], env={"HF_HUB_CACHE": str(tmp_path / "hub")}
+    ).start()
     try:
         body = (
             f"MISSING = {str(tmp_path / 'missing' / 'connection.json')!r}\n"

@@ -24,6 +24,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import IO, Any
@@ -95,6 +96,9 @@ class Session:
         self._next_attempt = 0.0
         self._ready_since = 0.0
         self._listeners: list[Callable[[Event], None]] = []
+        self._models: Future[Any] | None = None
+        self.models: list[dict[str, Any]] | None = None  # the last `models` answer
+        self.models_error = ""
 
     # -- what the UI shows -------------------------------------------------------------
     @property
@@ -129,6 +133,38 @@ class Session:
             return f"restarting ({self.restarts}/{self.max_restarts}): {self.reason}"
         return f"dead: {self.reason}"
 
+    @property
+    def memory_text(self) -> str:
+        """'8.1 of 24.0 GiB free on cuda:0', or what is known of the device's memory."""
+        mem = self.welcome.get("memory") or {}
+        device = mem.get("device") or self.welcome.get("device", "?")
+        free, total = mem.get("free"), mem.get("total")
+        if isinstance(free, (int, float)) and isinstance(total, (int, float)) and total > 0:
+            return f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free on {device}"
+        if device == "auto":
+            return "device memory known once a job has picked the device"
+        return f"memory of {device} not reported (a CPU, or no model loaded yet)"
+
+    @property
+    def models_text(self) -> str:
+        """'3 models: sd1 base ×2, controlnet ×1', 'listing models...' or the error."""
+        if self.models is None:
+            return self.models_error or ("listing models..." if self._models else "")
+        if not self.models:
+            return "no models found (set GENART_MODELS or --models, or fill the HF cache)"
+        kinds: dict[str, int] = {}
+        for m in self.models:
+            key = f"{m.get('family', '?')} {m.get('kind', '?')}".replace("unknown ", "")
+            kinds[key] = kinds.get(key, 0) + 1
+        parts = ", ".join(f"{k} ×{n}" for k, n in sorted(kinds.items()))
+        return f"{len(self.models)} models: {parts}"
+
+    def list_models(self) -> None:
+        """Asks the sidecar for its models (no hashing: fast); tick() collects the answer."""
+        if self.client is not None and self.state == READY:
+            self.models, self.models_error = None, ""
+            self._models = self.client.request("models", {"hash": False})
+
     def add_listener(self, callback: Callable[[Event], None]) -> None:
         """Job events drained by tick() go to these callbacks (on the ticking thread)."""
         self._listeners.append(callback)
@@ -152,6 +188,12 @@ class Session:
             self._watch_launch(now)
         if self.client is not None:
             self._drain()
+        if self._models is not None and self._models.done():
+            future, self._models = self._models, None
+            try:
+                self.models = list(future.result().result.get("models", []))
+            except (GenartError, OSError, AttributeError, TypeError, ValueError) as exc:
+                self.models_error = f"models not listed: {_message(exc)}"
         if self.state == READY and now - self._ready_since >= STABLE_AFTER:
             self.restarts = 0
         return self.state
@@ -298,6 +340,7 @@ class Session:
             self.state = READY
             self.reason = ""
             self._ready_since = self._clock()
+            self.list_models()  # for the panel and the check: cheap without hashing
         elif cstate in ("lost", "unresponsive"):
             self._failed(self.client.state_reason or cstate)
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
 
 import bpy
 
 from .. import runtime
 from ..client import PROTOCOL_MAJOR, PROTOCOL_MINOR, GenartError
-from ..client.session import DEAD, READY, STOPPED
+from ..client.session import DEAD, READY, STOPPED, Session
 from ..preferences import preferences
 
 CHECK_TIMEOUT = 15.0  # seconds: a launched sidecar must come up within this
 PING_TIMEOUT = 3.0
+MODELS_TIMEOUT = 10.0  # seconds (no hashing: configs and headers only)
 
 HOW_TO_CONFIGURE = (
     "Configure it in Preferences > Add-ons > genart (Launch: the sidecar's Python or "
@@ -29,14 +29,17 @@ HOW_TO_CONFIGURE = (
 )
 
 
-def check_text(welcome: dict[str, Any], pong_ms: float | None) -> str:
+def check_text(session: Session, pong_ms: float | None) -> str:
+    welcome = session.welcome
     engines = ", ".join(str(e.get("name", "?")) for e in welcome.get("engines", [])) or "none"
     ready = "" if welcome.get("engines_ready", True) else " (engines still loading)"
     ping = f", ping {pong_ms:.0f} ms" if pong_ms is not None else ""
+    models = f"; {session.models_text}" if session.models_text else ""
     return (
         f"Sidecar ready: protocol {welcome.get('protocol_version', '?')} (add-on speaks "
         f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}), device {welcome.get('device', '?')}, "
-        f"pid {welcome.get('pid', '?')}{ping}, engines {engines}{ready}"
+        f"{session.memory_text}, pid {welcome.get('pid', '?')}{ping}, engines {engines}"
+        f"{ready}{models}"
     )
 
 
@@ -67,12 +70,20 @@ class GENART_OT_check_sidecar(bpy.types.Operator):
             return {"CANCELLED"}
         pong_ms = None
         client = session.client
-        if client is not None and bpy.app.background:  # a blocking ping only where allowed
+        session.list_models()
+        if client is not None and bpy.app.background:  # blocking waits only where allowed
             t0 = time.monotonic()
             try:
                 client.request("ping").result(PING_TIMEOUT)
                 pong_ms = (time.monotonic() - t0) * 1000.0
             except (GenartError, FutureTimeout) as exc:
                 self.report({"WARNING"}, f"Sidecar connected but does not answer ping: {exc}")
-        self.report({"INFO"}, check_text(session.welcome, pong_ms))
+            deadline = time.monotonic() + MODELS_TIMEOUT
+            while session.models is None and not session.models_error:
+                session.tick()
+                if time.monotonic() >= deadline:
+                    session.models_error = f"models not listed within {MODELS_TIMEOUT:.0f} s"
+                    break
+                time.sleep(0.02)
+        self.report({"INFO"}, check_text(session, pong_ms))
         return {"FINISHED"}

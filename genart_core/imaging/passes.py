@@ -31,9 +31,11 @@ PASSES = {  # our name -> (Blender's pass name, its channels in order)
     "depth": ("Depth", ("Z",)),
     "normal": ("Normal", ("X", "Y", "Z")),
     "vector": ("Vector", ("X", "Y", "Z", "W")),
-    "object_index": ("Object Index", ("X",)),
+    "object_index": ("Object Index", ("X",)),  # 4.5 spells it "IndexOB" (ALIASES)
     "position": ("Position", ("X", "Y", "Z")),
 }
+
+ALIASES = {"object_index": ("IndexOB",)}  # older Blender's pass names
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,9 @@ def read_passes(source: bytes | Path | str, layer: str | None = None) -> Passes:
     found: dict[str, np.ndarray] = {}
     for ours, (blender, chans) in PASSES.items():
         names = [f"{prefix}{blender}.{c}" for c in chans]
+        for alias in ALIASES.get(ours, ()):
+            if names[0] not in channels and f"{prefix}{alias}.{chans[0]}" in channels:
+                names = [f"{prefix}{alias}.{c}" for c in chans]
         if not layer and ours == "combined":
             names = list(chans)
         elif not layer and ours == "depth":
@@ -194,6 +199,7 @@ def write_passes(path: Path, passes: dict[str, np.ndarray], layer: str = "ViewLa
 
 
 __all__ = [
+    "ALIASES",
     "BACKGROUND_Z",
     "PASSES",
     "Passes",
