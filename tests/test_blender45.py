@@ -10,16 +10,11 @@ the add-on has it."""
 
 from __future__ import annotations
 
-import json
-import math
-import struct
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, SidecarProcess
-from test_blender_addon import INSTALL, build_addon, run_in_blender
-
-from genart_core.imaging.passes import object_ids, read_passes
+from test_blender_addon import CAPTURE, INSTALL, build_addon, check_capture, run_in_blender
 
 pytestmark = [pytest.mark.blender, pytest.mark.process]
 
@@ -71,62 +66,6 @@ for name in ("GENART_SIDECAR", "GENART_CONNECTION_FILE"):
     os.environ.pop(name, None)
 """
 
-# The capture step: the add-on's `capture.capture_camera` on the 4.5 default scene (cube,
-# light, camera) into OUT, with Cycles at one sample and with Workbench (colour from it, the
-# data passes from its one-sample Cycles fallback); the scene is left as it was each time.
-# EEVEE (4.5's default engine, "BLENDER_EEVEE_NEXT") is left out: its first render compiles
-# shaders for ~40 s here. The pytest side reads the files back (no EXR reader in Blender).
-CAPTURE_45 = """
-import json
-from pathlib import Path
-capture = importlib.import_module(MOD + ".capture")
-scene = bpy.context.scene
-scene.cycles.samples = 1
-scene.cycles.use_denoising = False
-scene.cycles.device = "CPU"
-cube = bpy.data.objects["Cube"]
-
-def settings():
-    r = scene.render
-    return (
-        r.engine, r.filepath, r.image_settings.file_format, r.image_settings.color_depth,
-        r.resolution_x, r.resolution_y, scene.cycles.samples, cube.pass_index,
-    )
-
-captured = {}
-for engine in ("CYCLES", "BLENDER_WORKBENCH"):
-    scene.render.engine = engine
-    before = settings()
-    cap = capture.capture_camera(scene, Path(OUT) / engine, width=32, height=24)
-    assert settings() == before, f"capture left the scene changed: {before} -> {settings()}"
-    assert cap.render_engine == engine and cap.passes_engine == "CYCLES", cap
-    assert 0 < cap.near < cap.far, (cap.near, cap.far)
-    captured[engine] = {"color": str(cap.color_path), "passes": str(cap.passes_path)}
-print("CAPTURE " + json.dumps(captured))
-"""
-
-
-def check_capture(stdout: str) -> None:
-    """The files CAPTURE_45 reported: a 32x24 PNG and a multilayer EXR with the passes
-    for each engine (4.5 writes one part with every channel, 5.0 one part per pass)."""
-    line = next(x for x in stdout.splitlines() if x.startswith("CAPTURE "))
-    captured = json.loads(line[len("CAPTURE ") :])
-    assert sorted(captured) == ["BLENDER_WORKBENCH", "CYCLES"], captured
-    for engine, paths in captured.items():
-        color = Path(paths["color"]).read_bytes()
-        assert color[:8] == b"\x89PNG\r\n\x1a\n", (engine, color[:8])
-        size = struct.unpack(">II", color[16:24])
-        assert size == (32, 24), (engine, size)
-        passes = read_passes(Path(paths["passes"]))  # 4.5: one part, "IndexOB"
-        assert set(passes.present()) >= {"combined", "depth", "normal", "vector", "object_index"}
-        assert passes.depth is not None and passes.object_index is not None
-        assert passes.depth.shape == (24, 32), (engine, passes.depth.shape)
-        # The default camera sees the default cube about 10 units away, the corners empty.
-        assert 5.0 < float(passes.depth[12, 16]) < 15.0, (engine, passes.depth[12, 16])
-        assert math.isinf(passes.depth[0, 0]), (engine, passes.depth[0, 0])
-        assert object_ids(passes) == [1], f"{engine}: ids {object_ids(passes)}"
-
-
 FINISH = """
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not heavy and not refused, (heavy, refused)
@@ -156,7 +95,7 @@ def test_register_check_and_capture_in_blender_45(addon_zip: Path, tmp_path: Pat
         f"STALE = {str(stale_connection_file(tmp_path))!r}\n"
         f"NO_SUCH_COMMAND = {str(tmp_path / 'no-such-dir' / 'genart-sidecar')!r}\n"
         f"CHECK_SECONDS = {CHECK_SECONDS!r}\n"
-        f"OUT = {str(tmp_path / 'capture')!r}\n" + INSTALL + CHECK_45 + CAPTURE_45 + FINISH
+        f"OUT = {str(tmp_path / 'capture')!r}\n" + INSTALL + CHECK_45 + CAPTURE + FINISH
     )
     out = run_in_blender(tmp_path, addon_zip, body, timeout=240, python=PYTHON45)
     log = out.stdout[-4000:] + out.stderr[-4000:]

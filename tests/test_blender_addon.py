@@ -5,7 +5,10 @@ protocol it carries is byte-identical to genart_core/protocol."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
+import struct
 import subprocess
 import sys
 import zipfile
@@ -13,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from genart_core.imaging.passes import object_ids, read_passes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = ROOT / "genart_core" / "protocol"
@@ -109,6 +114,62 @@ print("GENART-ADDON-OK")
 """
 
 
+# The capture step: the add-on's `capture.capture_camera` on the default scene (cube,
+# light, camera) into OUT, with Cycles at one sample and with Workbench (colour from it, the
+# data passes from its one-sample Cycles fallback); the scene is left as it was each time.
+# EEVEE (the default engine) is left out: its first render compiles
+# shaders for ~40 s here. The pytest side reads the files back (no EXR reader in Blender).
+CAPTURE = """
+import json
+from pathlib import Path
+capture = importlib.import_module(MOD + ".capture")
+scene = bpy.context.scene
+scene.cycles.samples = 1
+scene.cycles.use_denoising = False
+scene.cycles.device = "CPU"
+cube = bpy.data.objects["Cube"]
+
+def settings():
+    r = scene.render
+    return (
+        r.engine, r.filepath, r.image_settings.file_format, r.image_settings.color_depth,
+        r.resolution_x, r.resolution_y, scene.cycles.samples, cube.pass_index,
+    )
+
+captured = {}
+for engine in ("CYCLES", "BLENDER_WORKBENCH"):
+    scene.render.engine = engine
+    before = settings()
+    cap = capture.capture_camera(scene, Path(OUT) / engine, width=32, height=24)
+    assert settings() == before, f"capture left the scene changed: {before} -> {settings()}"
+    assert cap.render_engine == engine and cap.passes_engine == "CYCLES", cap
+    assert 0 < cap.near < cap.far, (cap.near, cap.far)
+    captured[engine] = {"color": str(cap.color_path), "passes": str(cap.passes_path)}
+print("CAPTURE " + json.dumps(captured))
+"""
+
+
+def check_capture(stdout: str) -> None:
+    """The files CAPTURE reported: a 32x24 PNG and a multilayer EXR with the passes
+    for each engine (4.5 writes one part with every channel, 5.0 one part per pass)."""
+    line = next(x for x in stdout.splitlines() if x.startswith("CAPTURE "))
+    captured = json.loads(line[len("CAPTURE ") :])
+    assert sorted(captured) == ["BLENDER_WORKBENCH", "CYCLES"], captured
+    for engine, paths in captured.items():
+        color = Path(paths["color"]).read_bytes()
+        assert color[:8] == b"\x89PNG\r\n\x1a\n", (engine, color[:8])
+        size = struct.unpack(">II", color[16:24])
+        assert size == (32, 24), (engine, size)
+        passes = read_passes(Path(paths["passes"]))  # 4.5: one part, "IndexOB"
+        assert set(passes.present()) >= {"combined", "depth", "normal", "vector", "object_index"}
+        assert passes.depth is not None and passes.object_index is not None
+        assert passes.depth.shape == (24, 32), (engine, passes.depth.shape)
+        # The default camera sees the default cube about 10 units away, the corners empty.
+        assert 5.0 < float(passes.depth[12, 16]) < 15.0, (engine, passes.depth[12, 16])
+        assert math.isinf(passes.depth[0, 0]), (engine, passes.depth[0, 0])
+        assert object_ids(passes) == [1], f"{engine}: ids {object_ids(passes)}"
+
+
 def run_in_blender(
     tmp_path: Path,
     zip_path: Path,
@@ -152,9 +213,11 @@ def run_in_blender(
 def test_zip_installs_and_registers_without_model_libraries(
     addon_zip: Path, tmp_path: Path
 ) -> None:
-    out = run_in_blender(tmp_path, addon_zip, INSTALL)
+    body = f"OUT = {str(tmp_path / 'capture')!r}\n" + INSTALL + CAPTURE
+    out = run_in_blender(tmp_path, addon_zip, body)
     log = out.stdout[-4000:] + out.stderr[-4000:]
     assert out.returncode == 0 and "GENART-ADDON-OK" in out.stdout, log
+    check_capture(out.stdout)  # a capture ran with torch, diffusers and genart_core refused
     installed = tmp_path / "blender-user" / "extensions" / "user_default" / "genart"
     assert (installed / "_vendor" / "genart_protocol" / "client.py").is_file()
     assert not (tmp_path / "home" / ".config" / "blender").exists()
