@@ -25,6 +25,7 @@ Blender's job system and finishes with the same `_finish` steps.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,6 +101,9 @@ class Capture:
     passes_engine: str  # the engine of the data passes
     frame: int
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # seconds: "render" inside Blender's renderer, "total" for the whole call (the rest is
+    # capture's own main-thread work: settings, ids, bounds, restore, colour file)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def request_params(self) -> dict[str, Any]:
         """The parameters a depth/normal-controlled request takes from this capture."""
@@ -391,6 +395,8 @@ def capture(
     tmp_color = out_dir / f".{stem}-{uuid.uuid4().hex[:8]}.png"
     tmp_exr = out_dir / f".{stem}-{uuid.uuid4().hex[:8]}.exr"
     r, fmt = scene.render, scene.render.image_settings
+    t_start = time.perf_counter()
+    rendering = [0.0]
     with _restored() as saved:
         saved.keep(scene, ("frame_current",))
         saved.keep(fmt, compat.image_format_attrs())
@@ -454,13 +460,13 @@ def capture(
             for p in DATA_PASSES:  # the colour render needs none
                 setattr(vl, VIEW_LAYER_FLAGS[p], False)
             compat.set_png(fmt)
-            _render(scene, vl, tmp_color)
+            _render(scene, vl, tmp_color, rendering)
             _cycles_passes(scene, vl, passes, saved)
             compat.set_multilayer_exr(fmt)
-            _render(scene, vl, tmp_exr)
+            _render(scene, vl, tmp_exr, rendering)
         else:
             compat.set_multilayer_exr(fmt)
-            _render(scene, vl, tmp_exr)
+            _render(scene, vl, tmp_exr, rendering)
             compat.set_png(fmt)
             _save_render(scene, tmp_color)
         os.replace(tmp_exr, exr_path)
@@ -484,6 +490,7 @@ def capture(
         passes_engine=compat.CYCLES if missing else engine,
         frame=int(frame if frame is not None else scene.frame_current),
         notes=tuple(notes),
+        timings={"render": rendering[0], "total": time.perf_counter() - t_start},
     )
 
 
@@ -512,12 +519,17 @@ def _cycles_passes(
             setattr(vl, flag, p in passes)  # already recorded with its user value
 
 
-def _render(scene: bpy.types.Scene, vl: bpy.types.ViewLayer, path: Path) -> None:
+def _render(
+    scene: bpy.types.Scene, vl: bpy.types.ViewLayer, path: Path, spent: list[float]
+) -> None:
     scene.render.filepath = str(path)
+    t0 = time.perf_counter()
     try:
         result = bpy.ops.render.render(write_still=True, layer=vl.name, scene=scene.name)
     except RuntimeError as exc:
         raise CaptureError(f"the render failed: {str(exc).strip()}") from None
+    finally:
+        spent[0] += time.perf_counter() - t0
     if result != {"FINISHED"} or not path.is_file():
         raise CaptureError(f"the render did not write {path} (is the folder writable?)")
 

@@ -75,6 +75,7 @@ def test_plane_depth_is_planar_z_and_rows_run_top_down(scenes: dict[str, Any]) -
     # Near/far come from the objects' bounds: the cube's top and the plane.
     assert rec["near"] == pytest.approx(7.5, abs=1e-4)
     assert rec["far"] == pytest.approx(10.0, abs=1e-3)
+    assert 0 < rec["timings"]["render"] < rec["timings"]["total"]
     inner = plane.copy()  # away from the cube's edge, where samples mix both normals
     for axis in (0, 1):
         for shift in (1, -1):

@@ -58,6 +58,7 @@ def record(name: str, c) -> None:
         "passes_engine": c.passes_engine,
         "frame": c.frame,
         "notes": list(c.notes),
+        "timings": c.timings,
     }
 
 
