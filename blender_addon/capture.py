@@ -312,6 +312,27 @@ def _bounds(objects: list[bpy.types.Object], depsgraph: Any) -> list[tuple[np.nd
     return boxes
 
 
+def viewport_view(area: Any, max_side: int = 1024) -> ViewSpec | None:
+    """A 3D viewport area's current view as a `ViewSpec`, its size scaled so the longer
+    side is at most `max_side` (same aspect); None when the viewport looks through the
+    scene camera (capture that camera instead: it has the render's size and aspect)."""
+    space = area.spaces.active
+    rv3d = getattr(space, "region_3d", None)
+    region = next((r for r in area.regions if r.type == "WINDOW"), None)
+    if rv3d is None or region is None:
+        raise CaptureError("this area is not a 3D viewport", field="area")
+    if rv3d.view_perspective == "CAMERA":
+        return None
+    w, h = region.width, region.height
+    scale = min(1.0, max_side / max(w, h))
+    return ViewSpec(
+        matrix_world=_flat(np.linalg.inv(_matrix(rv3d.view_matrix))),
+        projection=_flat(_matrix(rv3d.window_matrix)),
+        width=max(MIN_SIDE, round(w * scale)),
+        height=max(MIN_SIDE, round(h * scale)),
+    )
+
+
 def view_camera(scene: bpy.types.Scene, view: ViewSpec) -> bpy.types.Object:
     """A temporary camera object reproducing `view` (perspective or orthographic).
 
@@ -567,4 +588,5 @@ __all__ = [
     "capture_view",
     "near_far",
     "view_camera",
+    "viewport_view",
 ]

@@ -175,6 +175,24 @@ def test_viewport_view_reproduces_the_camera(scenes: dict[str, Any], kind: str) 
     assert state["camera"] == "Camera"
 
 
+def test_the_3d_viewports_view_is_captured_as_the_artist_sees_it(scenes: dict[str, Any]) -> None:
+    vp, rec = scenes["viewport"], scenes["viewport_capture"]
+    (rw, rh), (w, h) = vp["region"], vp["spec"]
+    assert max(w, h) == 96 and abs(w / h - rw / rh) < 0.02  # scaled, same aspect
+    view = np.array(vp["view_matrix"]).reshape(4, 4)
+    np.testing.assert_allclose(
+        np.array(rec["camera_matrix"]).reshape(4, 4) @ view, np.eye(4), atol=1e-5
+    )
+    # Same field of view as the viewport (its clip range is the viewport's too).
+    np.testing.assert_allclose(
+        np.array(rec["projection"]).reshape(4, 4)[:2, :3],
+        np.array(vp["window_matrix"]).reshape(4, 4)[:2, :3],
+        rtol=0.02,
+    )
+    assert rec["size"] == [w, h] and object_ids(passes(rec)) == [1]  # the cube is in view
+    assert vp["through_camera"] is True
+
+
 def test_near_is_where_the_ground_enters_the_view(scenes: dict[str, Any]) -> None:
     # A level camera 2 up, 36 mm sensor, 50 mm lens, square: the ground enters the frame
     # at 2 / tan(half the field of view) = 2 / (18 / 50), not at the clip start.

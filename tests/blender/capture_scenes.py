@@ -216,6 +216,26 @@ camera(sc, (0, -10, 2), (math.radians(90), 0, 0), lens=50, sensor_width=36, sens
 sc.render.resolution_x, sc.render.resolution_y = 64, 64
 record("ground", cap.capture_camera(sc, out / "ground"))
 
+# 8b. The 3D viewport's own view (the Layout screen's viewport; no window is needed to
+# read its region and matrices) and its looking-through-the-camera case.
+sc = fresh()
+bpy.ops.mesh.primitive_cube_add(size=2)
+camera(sc, (0, -8, 0), (math.radians(90), 0, 0))
+area = next(a for a in bpy.data.screens["Layout"].areas if a.type == "VIEW_3D")
+rv3d = area.spaces.active.region_3d
+region = next(r for r in area.regions if r.type == "WINDOW")
+rv3d.view_perspective = "PERSP"
+view = cap.viewport_view(area, max_side=96)
+results["viewport"] = {
+    "region": [region.width, region.height],
+    "spec": [view.width, view.height],
+    "view_matrix": [v for row in rv3d.view_matrix for v in row],
+    "window_matrix": [v for row in rv3d.window_matrix for v in row],
+}
+record("viewport_capture", cap.capture_view(sc, out / "viewport", view))
+rv3d.view_perspective = "CAMERA"
+results["viewport"]["through_camera"] = cap.viewport_view(area) is None
+
 # 9. Clear errors.
 errors = {}
 sc = fresh()
