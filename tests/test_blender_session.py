@@ -96,6 +96,36 @@ def test_connect_mode_reaches_ready_with_engines(sess: ModuleType, tmp_path: Pat
         sc.stop()
 
 
+def test_connect_by_host_port_with_a_copied_connection_file(
+    sess: ModuleType, tmp_path: Path
+) -> None:
+    """A sidecar on another machine: TCP host:port, the token from a copy of its file."""
+    sc = SidecarProcess(tmp_path / "state", ["--tcp", "127.0.0.1:0"]).start()
+    try:
+        info = sess.ConnectionInfo.read(sc.connection_file)
+        assert info.address.transport == "tcp"
+        address = f"{info.address.host}:{info.address.port}"
+        copy = tmp_path / "copied" / "connection.json"
+        copy.parent.mkdir()
+        copy.write_bytes(sc.connection_file.read_bytes())
+        s = sess.Session(**FAST)
+        s.start(settings(sess, "CONNECT", connection_file=str(copy), address=address))
+        drive(s, {sess.READY, sess.DEAD}, 10)
+        assert s.state == sess.READY and s.pid == sc.proc.pid and "fake" in s.engine_names()
+        s.stop()
+
+        # Without the token: a clear reason naming what to set, and no hang.
+        s = sess.Session(backoff=(0.01,), max_restarts=1)
+        s.start(
+            settings(sess, "CONNECT", connection_file=str(tmp_path / "none.json"), address=address)
+        )
+        drive(s, {sess.DEAD, sess.READY}, 10)
+        assert s.state == sess.DEAD and "needs the sidecar's token" in s.reason, s.text
+        s.stop()
+    finally:
+        sc.stop()
+
+
 def test_launch_restarts_a_killed_sidecar_then_stop_ends_it(
     sess: ModuleType, tmp_path: Path
 ) -> None:
