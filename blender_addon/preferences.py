@@ -43,12 +43,32 @@ class GENART_AddonPreferences(bpy.types.AddonPreferences):
         description="host:port of a sidecar listening on TCP; empty: use the connection file",
     )
 
+    state_dir: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="State folder",
+        description=(
+            "Where a launched sidecar keeps its jobs, logs and connection file (local disk, "
+            "not a network share); empty: the per-user default"
+        ),
+        subtype="DIR_PATH",
+    )
+    models: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Model folders",
+        description=(
+            "Folders holding diffusers models and .safetensors files for a launched sidecar, "
+            "separated by ';' (GENART_MODELS overrides)"
+        ),
+    )
+
     def values(self) -> dict[str, Any]:
         return {
             "mode": self.sidecar_mode,
             "launch_command": bpy.path.abspath(self.launch_command),
             "connection_file": bpy.path.abspath(self.connection_file),
             "address": self.address,
+            "state_dir": bpy.path.abspath(self.state_dir) if self.state_dir else "",
+            "models": ";".join(
+                bpy.path.abspath(p.strip()) for p in self.models.split(";") if p.strip()
+            ),
         }
 
     def effective(self) -> EffectiveSettings:
@@ -59,6 +79,8 @@ class GENART_AddonPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "sidecar_mode", expand=True)
         if self.sidecar_mode == LAUNCH:
             layout.prop(self, "launch_command")
+            layout.prop(self, "models")
+            layout.prop(self, "state_dir")
         else:
             layout.prop(self, "connection_file")
             layout.prop(self, "address")
@@ -68,6 +90,7 @@ class GENART_AddonPreferences(bpy.types.AddonPreferences):
             box.label(text="Overridden by " + ", ".join(eff.overridden_by), icon="INFO")
         if eff.mode == LAUNCH:
             box.label(text="Launches: " + " ".join(eff.launch_command))
+            box.label(text=f"State folder: {eff.state_dir or default_state_dir()}")
         elif eff.address:
             box.label(text=f"Connects to {eff.address}")
         else:

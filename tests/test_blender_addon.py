@@ -292,6 +292,22 @@ def test_environment_overrides_win_over_preferences() -> None:
     assert (eff.mode, eff.connection_file, eff.overridden_by) == ("LAUNCH", "/prefs.json", ())
 
 
+def test_state_folder_and_model_folders_with_their_overrides() -> None:
+    prefs = {"state_dir": "/fast/genart", "models": "/models/a; /models/b ;"}
+    eff = settings.effective_settings(prefs, {})
+    assert (eff.state_dir, eff.models, eff.overridden_by) == (
+        "/fast/genart",
+        ("/models/a", "/models/b"),
+        (),
+    )
+    assert settings.effective_settings({}, {}).state_dir == ""  # the platform default
+    farm = {"GENART_STATE_DIR": "/local/ssd/genart", "GENART_MODELS": "/nfs/models"}
+    eff = settings.effective_settings(prefs, farm)
+    assert eff.state_dir == "/local/ssd/genart"
+    assert eff.models == ()  # the sidecar reads GENART_MODELS itself; preferences step aside
+    assert set(eff.overridden_by) == set(farm)
+
+
 def test_address_parsing() -> None:
     assert settings.parse_address("localhost:8080") == ("localhost", 8080)
     assert settings.parse_address("[::1]:1") == ("::1", 1)

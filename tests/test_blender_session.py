@@ -156,6 +156,29 @@ def test_launch_restarts_a_killed_sidecar_then_stop_ends_it(
         s.stop()
 
 
+def test_launch_uses_the_state_folder_and_model_folders_of_the_settings(
+    sess: ModuleType, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    (models / "some-lora.safetensors").parent.mkdir()
+    (models / "some-lora.safetensors").write_bytes(b"not really")  # listed as a file
+    s = sess.Session(extra_args=["--enable-test-engines"], **FAST)
+    try:
+        state = tmp_path / "chosen-state"
+        s.start(settings(sess, "LAUNCH", state_dir=str(state), models=(str(models),)))
+        drive(s, {sess.READY, sess.DEAD}, 20)
+        assert s.state == sess.READY and s.owned, s.text
+        assert s.connection_file == state / "connection.json" and s.connection_file.is_file()
+        deadline = time.monotonic() + 10
+        while s.models is None and time.monotonic() < deadline:
+            s.tick()
+            time.sleep(0.02)
+        assert [m["path"] for m in s.models or []] == [str(models / "some-lora.safetensors")]
+        assert s.models_text.startswith("1 models: "), s.models_text
+    finally:
+        s.stop()
+
+
 def test_a_hung_sidecar_is_found_unresponsive_and_replaced(
     sess: ModuleType, tmp_path: Path
 ) -> None:

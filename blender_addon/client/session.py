@@ -107,6 +107,9 @@ class Session:
 
     @property
     def state_dir(self) -> Path:
+        """The settings' state dir, else the one given to the session, else the default."""
+        if self.settings is not None and self.settings.state_dir:
+            return Path(self.settings.state_dir).expanduser()
         return self._state_dir_option or default_state_dir()
 
     @property
@@ -273,6 +276,7 @@ class Session:
             "--parent-pid",
             str(os.getpid()),
             *(["--connection-file", cfile] if cfile else []),
+            *[arg for folder in self.settings.models for arg in ("--models", folder)],
             *self.extra_args,
         ]
         self._log = open(state_dir / "logs" / LAUNCH_LOG, "ab")  # noqa: SIM115 (kept open)

@@ -8,6 +8,9 @@ it is tested without Blender and gives render farms and scripts one way in:
   `/venv/bin/python -m sidecar`).
 - `GENART_CONNECTION_FILE=PATH` connects through that connection file (unless
   `GENART_SIDECAR` asks for a launch command, which then writes its file there).
+- `GENART_STATE_DIR=DIR` is the state dir a launched sidecar uses (and where its
+  connection file is looked for); `GENART_MODELS=DIR[:DIR...]` replaces the preference's
+  model folders (a launched sidecar reads the variable itself).
 
 An empty environment variable counts as unset.
 """
@@ -26,6 +29,8 @@ CONNECT = "CONNECT"
 MODES = (LAUNCH, CONNECT)
 ENV_SIDECAR = "GENART_SIDECAR"
 ENV_CONNECTION_FILE = "GENART_CONNECTION_FILE"
+ENV_STATE_DIR = "GENART_STATE_DIR"
+ENV_MODELS = "GENART_MODELS"
 DEFAULT_COMMAND = ("genart-sidecar",)
 
 # host:port, tcp:host:port or [v6]:port; a Windows path such as C:\x has no digits after ':'.
@@ -41,6 +46,8 @@ class EffectiveSettings:
     connection_file: str  # "" = the default state dir's connection.json
     address: str  # "host:port" to connect to; "" = use the connection file
     overridden_by: tuple[str, ...] = ()  # names of the environment variables that applied
+    state_dir: str = ""  # "" = the platform's default (genart_protocol.default_state_dir)
+    models: tuple[str, ...] = ()  # folders a launched sidecar lists models from (--models)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -93,4 +100,21 @@ def effective_settings(prefs: Mapping[str, Any], environ: Mapping[str, str]) -> 
             mode, command = LAUNCH, launch_argv(env_sidecar)
         used.append(ENV_SIDECAR)
 
-    return EffectiveSettings(mode, command, connection_file, address, tuple(used))
+    state_dir = str(prefs.get("state_dir") or "").strip()
+    env_state = environ.get(ENV_STATE_DIR, "").strip()
+    if env_state:
+        state_dir = env_state
+        used.append(ENV_STATE_DIR)
+    models = split_folders(str(prefs.get("models") or ""))
+    if environ.get(ENV_MODELS, "").strip():
+        models = ()  # the sidecar reads GENART_MODELS itself; the preference steps aside
+        used.append(ENV_MODELS)
+
+    return EffectiveSettings(
+        mode, command, connection_file, address, tuple(used), state_dir, models
+    )
+
+
+def split_folders(text: str) -> tuple[str, ...]:
+    """Folders separated by ';' or newlines (a path may hold ':' on Windows)."""
+    return tuple(p.strip() for p in re.split(r"[;\n]", text) if p.strip())
