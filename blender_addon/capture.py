@@ -54,6 +54,7 @@ ENGINE_PASSES = {  # measured in the bpy 5.0.1 wheel: what each engine writes
 RENDERABLE = frozenset(
     {"MESH", "CURVE", "SURFACE", "META", "FONT", "CURVES", "POINTCLOUD", "VOLUME", "GREASEPENCIL"}
 )
+PASS_ALIASES = {"Object Index": "IndexOB"}  # Blender 4.5's channel name
 MAX_SIDE = 8192
 MIN_SIDE = 8
 
@@ -567,6 +568,32 @@ def _save_render(scene: bpy.types.Scene, path: Path) -> None:
         raise CaptureError(f"the colour image was not written to {path}")
 
 
+def read_pass(path: Path, name: str) -> np.ndarray:
+    """One pass of a capture's EXR as float32 (H, W) or (H, W, C), rows top to bottom,
+    read with Blender's own OpenImageIO (the add-on needs depth to mask projections).
+    `name` is the Blender pass name ("Depth", "Object Index", "Normal"...)."""
+    oiio = compat.openimageio()
+    inp = oiio.ImageInput.open(str(path))
+    if inp is None:
+        raise CaptureError(f"cannot open the capture's passes {path}: {oiio.geterror()}")
+    try:
+        sub = 0
+        while inp.seek_subimage(sub, 0):
+            names = list(inp.spec().channelnames)
+            wanted = [i for i, c in enumerate(names) if c.rsplit(".", 2)[-2:-1] == [name]]
+            if not wanted and name in PASS_ALIASES:  # 4.5's "IndexOB"
+                alias = PASS_ALIASES[name]
+                wanted = [i for i, c in enumerate(names) if c.rsplit(".", 2)[-2:-1] == [alias]]
+            if wanted:
+                pixels = inp.read_image(oiio.FLOAT)
+                arr = np.asarray(pixels, dtype=np.float32)[..., wanted]
+                return arr[..., 0] if arr.shape[-1] == 1 else arr
+            sub += 1
+    finally:
+        inp.close()
+    raise CaptureError(f"no {name} pass in {path}", field="passes")
+
+
 def capture_camera(scene: bpy.types.Scene, out_dir: Path, **options: Any) -> Capture:
     """What the scene's active camera (or `camera=`) sees; options as `capture`."""
     return capture(scene, out_dir, **options)
@@ -587,6 +614,7 @@ __all__ = [
     "capture_camera",
     "capture_view",
     "near_far",
+    "read_pass",
     "view_camera",
     "viewport_view",
 ]

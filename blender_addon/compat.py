@@ -6,6 +6,10 @@ Everything else in the add-on calls these instead of testing `bpy.app.version` i
 
 from __future__ import annotations
 
+import glob
+import os
+import sys
+from types import ModuleType
 from typing import Any
 
 import bpy
@@ -59,6 +63,21 @@ def is_eevee(engine: str) -> bool:
     return engine in EEVEE_IDS
 
 
+def openimageio() -> ModuleType:
+    """Blender's bundled OpenImageIO (4.x and 5.x ship it in their Python's site-packages,
+    which a real Blender has on sys.path; the `bpy` wheel does not, so it is added here)."""
+    try:
+        import OpenImageIO  # type: ignore[import-not-found]
+    except ImportError:
+        local = bpy.utils.resource_path("LOCAL")
+        found = glob.glob(os.path.join(local, "python", "lib", "python3*", "site-packages"))
+        for path in found:
+            if os.path.isdir(os.path.join(path, "OpenImageIO")) and path not in sys.path:
+                sys.path.append(path)
+        import OpenImageIO  # type: ignore[import-not-found]  # noqa: I001 (retry after the path)
+    return OpenImageIO
+
+
 __all__ = [
     "CYCLES",
     "EEVEE_IDS",
@@ -66,6 +85,7 @@ __all__ = [
     "WORKBENCH",
     "image_format_attrs",
     "is_eevee",
+    "openimageio",
     "set_multilayer_exr",
     "set_png",
 ]

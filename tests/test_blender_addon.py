@@ -145,6 +145,10 @@ for engine in ("CYCLES", "BLENDER_WORKBENCH"):
     assert cap.render_engine == engine and cap.passes_engine == "CYCLES", cap
     assert 0 < cap.near < cap.far, (cap.near, cap.far)
     captured[engine] = {"color": str(cap.color_path), "passes": str(cap.passes_path)}
+    depth = capture.read_pass(cap.passes_path, "Depth")  # Blender's own OpenImageIO
+    ids = capture.read_pass(cap.passes_path, "Object Index")
+    assert depth.shape == (24, 32) and 5.0 < depth[12, 16] < 15.0, depth[12, 16]
+    assert ids[12, 16] == 1.0, ids[12, 16]
 print("CAPTURE " + json.dumps(captured))
 """
 

@@ -76,6 +76,9 @@ def test_plane_depth_is_planar_z_and_rows_run_top_down(scenes: dict[str, Any]) -
     assert rec["near"] == pytest.approx(7.5, abs=1e-4)
     assert rec["far"] == pytest.approx(10.0, abs=1e-3)
     assert 0 < rec["timings"]["render"] < rec["timings"]["total"]
+    # The add-on reads the same depth itself (Blender's OpenImageIO) to mask projections.
+    shape, centre, nearest = scenes["plane_depth_in_blender"]
+    assert shape == [48, 64] and centre == float(p.depth[24, 32]) and nearest == pytest.approx(7.5)
     inner = plane.copy()  # away from the cube's edge, where samples mix both normals
     for axis in (0, 1):
         for shift in (1, -1):

@@ -104,7 +104,10 @@ sc.view_settings.view_transform = "Standard"
 bpy.ops.mesh.primitive_plane_add(size=100, location=(0, 0, 0))
 bpy.ops.mesh.primitive_cube_add(size=1, location=(-3.0, 2.0, 2.0))
 camera(sc, (0, 0, 10))
-record("plane", cap.capture_camera(sc, out / "plane"))
+plane_capture = cap.capture_camera(sc, out / "plane")
+record("plane", plane_capture)
+depth = cap.read_pass(plane_capture.passes_path, "Depth")
+results["plane_depth_in_blender"] = [list(depth.shape), float(depth[24, 32]), float(depth.min())]
 
 # 2. A smooth sphere seen from an oblique camera.
 sc = fresh()
