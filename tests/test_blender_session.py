@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 from conftest import SidecarProcess
 from test_blender_addon import build_addon, run_in_blender
@@ -311,3 +312,95 @@ def test_check_sidecar_operator_in_blender(addon_zip: Path, tmp_path: Path) -> N
         assert sc.proc.poll() is None, "the add-on stopped a sidecar it did not start"
     finally:
         sc.stop()
+
+
+# -- Jobs (client/jobs.py): submit, follow, fetch, cancel, survive a restart --------------
+
+
+def jobs_module() -> ModuleType:
+    return sys.modules["genart_addon_nobpy.client.jobs"]  # loaded with the session module
+
+
+def launched(sess: ModuleType, tmp_path: Path) -> object:
+    s = sess.Session(state_dir=tmp_path / "state", extra_args=["--enable-test-engines"], **FAST)
+    s.start(settings(sess, "LAUNCH"))
+    drive(s, {sess.READY, sess.DEAD}, 20)
+    assert s.state == sess.READY, s.text
+    return s
+
+
+def test_a_job_runs_with_progress_previews_and_its_result(sess: ModuleType, tmp_path: Path) -> None:
+    jobs = jobs_module()
+    s = launched(sess, tmp_path)
+    try:
+        seen: list[tuple[str, int]] = []
+        s.jobs.add_listener(lambda j: seen.append((j.state, j.step)))
+        t0 = time.monotonic()
+        job = s.jobs.submit(
+            "fake", {"width": 24, "height": 16, "steps": 8, "step_seconds": 0.05}, label="test"
+        )
+        assert time.monotonic() - t0 < 0.05 and job.state == jobs.SUBMITTING  # never blocks
+        texts = set()
+        s.jobs.wait(job, timeout=30, on_update=lambda j: texts.add(j.text))
+        assert job.state == jobs.DONE, job.text
+        assert job.id and job.fraction == 1.0 and job.preview_count == 2
+        img = job.result.attachments["image"]
+        assert img.shape == (16, 24, 4) and len(img.data) == 16 * 24 * 4
+        assert any(t.startswith("step ") for t in texts), texts
+        states = [st for st, _ in seen]
+        assert states.index(jobs.QUEUED) < states.index(jobs.RUNNING) < states.index(jobs.DONE)
+        assert job.preview is not None and job.preview.shape == (8, 8, 4)
+    finally:
+        s.stop()
+
+
+def test_errors_name_the_field_and_cancel_settles(sess: ModuleType, tmp_path: Path) -> None:
+    jobs = jobs_module()
+    s = launched(sess, tmp_path)
+    try:
+        bad = s.jobs.wait(s.jobs.submit("fake", {"steps": -3}), timeout=10)
+        assert bad.state == jobs.FAILED and bad.error_field == "params.steps", bad.error
+        assert "fix params.steps" in bad.error and bad.id is None
+        failed = s.jobs.wait(s.jobs.submit("fake", {"steps": 2, "mode": "fail"}), timeout=20)
+        assert failed.state == jobs.FAILED and "failed as asked" in failed.error
+        assert failed.error_field == "params.mode" and "allowed" in failed.error
+
+        slow = s.jobs.submit("fake", {"steps": 200, "step_seconds": 0.05})
+        deadline = time.monotonic() + 20
+        while slow.state != jobs.RUNNING and time.monotonic() < deadline:
+            s.tick()
+            time.sleep(0.02)
+        s.jobs.cancel(slow)
+        s.jobs.wait(slow, timeout=20)
+        assert slow.state == jobs.CANCELLED and slow.result is None
+    finally:
+        s.stop()
+
+
+def test_not_ready_fails_at_once_with_the_reason(sess: ModuleType) -> None:
+    jobs = jobs_module()
+    s = sess.Session()
+    job = s.jobs.submit("fake", {})
+    assert job.state == jobs.FAILED and "not ready" in job.error and "not connected" in job.error
+
+
+def test_a_job_outlives_its_sidecar_being_killed(sess: ModuleType, tmp_path: Path) -> None:
+    """Jobs survive a sidecar crash: the restarted sidecar recovers the job from its
+    disk, the session reconnects and the job is watched again until its result."""
+    jobs = jobs_module()
+    s = launched(sess, tmp_path)
+    try:
+        job = s.jobs.submit("fake", {"width": 8, "height": 8, "steps": 30, "step_seconds": 0.05})
+        deadline = time.monotonic() + 20
+        while job.step < 5 and time.monotonic() < deadline:
+            s.tick()
+            time.sleep(0.02)
+        first = s.pid
+        os.kill(first, signal.SIGKILL)
+        s.jobs.wait(job, timeout=60)
+        assert job.state == jobs.DONE, (job.text, s.text)
+        assert s.pid != first and s.restarts >= 1
+        pixels = np.frombuffer(job.result.attachments["image"].data, np.uint8)
+        assert pixels.size == 8 * 8 * 4
+    finally:
+        s.stop()

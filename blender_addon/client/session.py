@@ -37,6 +37,7 @@ from .._vendor.genart_protocol import (
     ThreadedClient,
     default_state_dir,
 )
+from .jobs import Jobs
 from .settings import CONNECT, LAUNCH, EffectiveSettings, parse_address
 
 STOPPED = "stopped"
@@ -96,6 +97,7 @@ class Session:
         self._next_attempt = 0.0
         self._ready_since = 0.0
         self._listeners: list[Callable[[Event], None]] = []
+        self.jobs = Jobs(self)  # after _listeners: it listens to the session's events
         self._models: Future[Any] | None = None
         self.models: list[dict[str, Any]] | None = None  # the last `models` answer
         self.models_error = ""
@@ -191,6 +193,7 @@ class Session:
             self._watch_launch(now)
         if self.client is not None:
             self._drain()
+        self.jobs.tick()
         if self._models is not None and self._models.done():
             future, self._models = self._models, None
             try:
