@@ -467,6 +467,14 @@ def test_a_capture_exr_stands_in_for_depth_and_normal(
     assert len(exr.controls) == len(separate.controls) == 2
     for a, b in zip(exr.controls, separate.controls, strict=True):
         assert np.array_equal(a[3], b[3])
+    # Only the passes with a ControlNet count: depth alone from the same EXR is fine.
+    depth_only = {**params, "normal_controlnet": ""}
+    one = engine.prepare(
+        "control",
+        depth_only,
+        {"passes": Input("passes", "blob", tmp_path / "p.exr", encoding="exr")},
+    )
+    assert [c[0] for c in one.controls] == ["depth"]
     with pytest.raises(InvalidParams) as exc:
         (tmp_path / "bad.exr").write_bytes(b"nope")
         engine.prepare(

@@ -210,10 +210,13 @@ class StableDiffusionEngine(Engine):
         mask = to_mask(arrays["mask"], "inputs.mask") if "mask" in arrays else None
 
         controls: list[tuple[str, str, float, np.ndarray]] = []
+        bundled = set(arrays) - set(inputs)  # came inside a capture's `passes`, not asked for
         for kind in ("depth", "normal"):
             if kind not in arrays:
                 continue
             ref = params[f"{kind}_controlnet"]
+            if not ref and kind in bundled:
+                continue  # a pass the capture carries anyway; only a ControlNet makes it count
             if not ref:
                 message = (
                     f"a {kind} input was sent but no {kind}_controlnet is set: the "
