@@ -172,10 +172,10 @@ def run(args: argparse.Namespace, client: Client) -> int:
                 print(f"genart: --param wants NAME=VALUE, not {item!r}", file=sys.stderr)
                 return 2
             params[name] = _value(value)
-        job = client.submit(args.engine, params, task=args.task)
-        print(job, flush=True)
+        job_id = client.submit(args.engine, params, task=args.task)
+        print(job_id, flush=True)
         if args.wait:
-            return _follow(client, job)
+            return _follow(client, job_id)
     elif args.command == "shutdown":
         client.shutdown()
     elif args.command == "models":

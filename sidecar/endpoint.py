@@ -104,7 +104,7 @@ class Endpoint:
             "result": self.result,
             "preview": self.preview,
             "cancel": self.cancel,
-            "list": self.list,
+            "list": self.list_jobs,
             "shutdown": self.shutdown,
             "echo": self.echo,
             "unload": self.unload,
@@ -416,7 +416,7 @@ class Endpoint:
         row = self._job(params)
         return {"job": row["id"], "state": self.runner.cancel(row["id"])}, []
 
-    def list(
+    def list_jobs(
         self, session: Session, params: dict[str, Any], atts: list[Attachment]
     ) -> tuple[dict[str, Any], list[Attachment]]:
         state = m.get_str(params, "state", None, allowed=m.JOB_STATES)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from genart_core.protocol.errors import (
     ConnectionLost,
@@ -123,7 +123,7 @@ class WorkerProcess:
             _close(pipe)
 
 
-def _close(pipe: BinaryIO | None) -> None:
+def _close(pipe: IO[bytes] | None) -> None:
     if pipe is not None:
         try:
             pipe.close()

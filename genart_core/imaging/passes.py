@@ -15,6 +15,7 @@ with the background as +inf, normals are world space, vectors are Blender's pixe
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def read_channels(source: bytes | Path | str) -> dict[str, np.ndarray]:
 def _channels(source: bytes | Path | str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Every channel of every part, by full name; the first part's text header fields."""
     try:
-        import OpenEXR  # type: ignore[import-not-found]
+        import OpenEXR
     except ImportError:
         raise InvalidParams(
             "reading EXR passes needs the openexr package (pip install openexr)",
@@ -98,7 +99,7 @@ def _channels(source: bytes | Path | str) -> tuple[dict[str, np.ndarray], dict[s
     return channels, header
 
 
-def view_layers(names: list[str] | dict[str, object]) -> list[str]:
+def view_layers(names: Iterable[str]) -> list[str]:
     """The view layers present, from channel names `<layer>.<pass>.<channel>`."""
     layers: list[str] = []
     for name in names:
@@ -182,7 +183,7 @@ def object_ids(passes: Passes) -> list[int]:
 
 def write_passes(path: Path, passes: dict[str, np.ndarray], layer: str = "ViewLayer") -> None:
     """Write arrays as a Blender-style multi-part EXR (for tests and tools), uncompressed."""
-    import OpenEXR  # type: ignore[import-not-found]
+    import OpenEXR
 
     parts = []
     for ours, arr in passes.items():

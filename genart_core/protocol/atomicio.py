@@ -33,14 +33,15 @@ def atomic_write(
     """Writes `chunks` (bytes-like objects) to `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(chunks, (bytes, bytearray, memoryview)):
-        chunks = [chunks]
+    parts: Iterable[Any] = (
+        [chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks
+    )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if mode is not None and hasattr(os, "fchmod"):
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
+            for chunk in parts:
                 f.write(chunk)
             f.flush()
             if sync:

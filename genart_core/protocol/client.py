@@ -350,9 +350,9 @@ class Client:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             if remaining == 0.0:
                 raise RequestTimeout(f"job {job} did not finish in time")
-            ev = self.next_event(timeout=remaining)
-            if ev is not None:
-                queue_.append(ev)
+            nxt = self.next_event(timeout=remaining)
+            if nxt is not None:
+                queue_.append(nxt)
 
 
 class ThreadedClient:

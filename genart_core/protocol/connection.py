@@ -111,7 +111,7 @@ class ConnectionInfo:
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ConnectionInfo:
         data: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
-        fields = {k: data.get(k) for k in cls.__dataclass_fields__}
+        fields: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
         missing = [k for k in ("transport", "token", "pid", "protocol_version") if not fields[k]]
         if missing:
             raise InvalidParams(f"connection file {path} lacks {missing}", field=missing[0])

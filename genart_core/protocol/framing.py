@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from .errors import (
     BadFrame,
@@ -299,8 +299,8 @@ class FrameStream:
         self,
         sock: socket.socket | None = None,
         *,
-        rfile: BinaryIO | None = None,
-        wfile: BinaryIO | None = None,
+        rfile: IO[bytes] | None = None,
+        wfile: IO[bytes] | None = None,
         limits: Limits = Limits(),
         stall_timeout: float = 30.0,
     ) -> None:
@@ -337,6 +337,8 @@ class FrameStream:
                 stalled_since = None
             else:
                 assert self.rfile is not None
+                # typeshed's IO[bytes] (what Popen's pipes are typed as) lacks readinto; the
+                # real objects are buffered readers, which have it.
                 n = self.rfile.readinto(view[pos:])  # type: ignore[attr-defined]
             if not n:
                 if at_boundary and pos == 0:
@@ -398,7 +400,8 @@ class FrameStream:
                     field="attachments",
                 )
             sized = [m for m in metas if not isinstance(m, dict) or m.get("kind") != "path"]
-            sizes = [m.get("nbytes") if isinstance(m, dict) else None for m in sized]
+            # Unchecked JSON values until the test below (which sums them only when all are ints).
+            sizes: list[Any] = [m.get("nbytes") if isinstance(m, dict) else None for m in sized]
             if any(not isinstance(s, int) or s < 0 for s in sizes) or sum(sizes) != payload_len:
                 raise BadFrame(
                     f"attachment sizes {sizes} do not add up to the payload length {payload_len}",

@@ -131,9 +131,8 @@ def family_from_shapes(
         )
         if ctx == 768 and (hint is None or (len(hint) == 4 and hint[1] == 3)):
             return "controlnet_sd15"
-        kind = {1024: "an SD 2.x ControlNet", 2048: "an SDXL ControlNet"}.get(
-            ctx, "a ControlNet of an unsupported kind"
-        )
+        kinds: dict[int | None, str] = {1024: "an SD 2.x ControlNet", 2048: "an SDXL ControlNet"}
+        kind = kinds.get(ctx, "a ControlNet of an unsupported kind")
         raise refuse(f"{kind} (only SD 1.5 ControlNets are supported)")
 
     if not any(k.startswith(_UNET) for k in keys):

@@ -44,7 +44,8 @@ def wrapped(modules: list[Any], wrap_x: bool, wrap_y: bool) -> Iterator[None]:
                 and any(conv.padding)
                 and conv.padding_mode == "zeros"
             ):
-                conv._conv_forward = _wrapping_forward(conv, wrap_x, wrap_y)
+                # An instance attribute shadowing the method on purpose (undone below).
+                conv._conv_forward = _wrapping_forward(conv, wrap_x, wrap_y)  # type: ignore[method-assign]
                 patched.append(conv)
     try:
         yield

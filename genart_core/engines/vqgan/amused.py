@@ -10,7 +10,7 @@ requested aspect ratio, then resamples to exactly the requested size.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class AmusedEngine(Engine):
         "amused-256 and amused-512 from a diffusers folder or the local HF cache."
     )
     capabilities = {"depth_control": False, "tileable": False}
-    inputs: dict[str, str] = {}
+    inputs: ClassVar[dict[str, str]] = {}
     params = (
         Param(
             "model",

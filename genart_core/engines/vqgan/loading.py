@@ -234,7 +234,7 @@ def _preprocessing(path: Path) -> tuple[tuple[float, float, float], tuple[float,
         mean = tuple(float(v) for v in cfg["image_mean"])
         std = tuple(float(v) for v in cfg["image_std"])
         if len(mean) == 3 and len(std) == 3:
-            return mean, std  # type: ignore[return-value]
+            return mean, std
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return CLIP_MEAN, CLIP_STD
