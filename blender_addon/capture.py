@@ -325,8 +325,10 @@ def _renderable(view_layer: bpy.types.ViewLayer) -> list[bpy.types.Object]:
     ]
 
 
-def _bounds(objects: list[bpy.types.Object], depsgraph: Any) -> list[tuple[np.ndarray, ...]]:
-    boxes = []
+def _bounds(
+    objects: list[bpy.types.Object], depsgraph: Any
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    boxes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for ob in objects:
         ev = ob.evaluated_get(depsgraph)
         corners = np.array([tuple(c) for c in ev.bound_box], dtype=np.float64)
@@ -452,7 +454,13 @@ def capture(
         if view is not None:
             cam = view_camera(scene, view)
             data = cam.data
-            saved.undo.append(lambda: (bpy.data.objects.remove(cam), bpy.data.cameras.remove(data)))
+            assert isinstance(data, bpy.types.Camera)
+
+            def remove_view_camera() -> None:
+                bpy.data.objects.remove(cam)
+                bpy.data.cameras.remove(data)
+
+            saved.undo.append(remove_view_camera)
         assert cam is not None
         saved.set(scene, "camera", cam)
         for attr, value in (
@@ -493,7 +501,9 @@ def capture(
             )
         )
         cam_to_world = _matrix(cam_eval.matrix_world)
-        clip = (cam.data.clip_start, cam.data.clip_end)
+        cam_data = cam.data
+        assert isinstance(cam_data, bpy.types.Camera)  # cam.type == "CAMERA", checked above
+        clip = (cam_data.clip_start, cam_data.clip_end)
         nf = near_far(_bounds(objects, depsgraph), np.linalg.inv(cam_to_world), projection, clip)
         if nf is None:
             notes.append("no object in view: near/far are the camera's clip range")
@@ -518,6 +528,8 @@ def capture(
         os.replace(tmp_color, color_path)
 
     rot = cam_to_world[:3, :3] / np.linalg.norm(cam_to_world[:3, :3], axis=0, keepdims=True)
+    view_settings = scene.view_settings
+    assert view_settings is not None  # never None in Blender; the stubs type it Optional
     return Capture(
         color_path=color_path,
         passes_path=exr_path,
@@ -530,7 +542,7 @@ def capture(
         far=float(nf[1]),
         ids=ids,
         view_layer=vl.name,
-        view_transform=scene.view_settings.view_transform,
+        view_transform=view_settings.view_transform,
         render_engine=engine,
         passes_engine=compat.CYCLES if missing else engine,
         frame=int(frame if frame is not None else scene.frame_current),

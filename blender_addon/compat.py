@@ -67,14 +67,14 @@ def openimageio() -> ModuleType:
     """Blender's bundled OpenImageIO (4.x and 5.x ship it in their Python's site-packages,
     which a real Blender has on sys.path; the `bpy` wheel does not, so it is added here)."""
     try:
-        import OpenImageIO  # type: ignore[import-not-found]
+        import OpenImageIO
     except ImportError:
         local = bpy.utils.resource_path("LOCAL")
         found = glob.glob(os.path.join(local, "python", "lib", "python3*", "site-packages"))
         for path in found:
             if os.path.isdir(os.path.join(path, "OpenImageIO")) and path not in sys.path:
                 sys.path.append(path)
-        import OpenImageIO  # type: ignore[import-not-found]  # noqa: I001 (retry after the path)
+        import OpenImageIO  # noqa: I001 (retry after the path)
     return OpenImageIO
 
 

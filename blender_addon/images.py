@@ -359,7 +359,8 @@ def repack_unresolved(blend_path: str) -> list[str]:
     restored = []
     for image in bpy.data.images:
         rel = image.filepath
-        if PROP not in image or image.packed_file is not None or not rel.startswith("//"):
+        # The stubs' bpy_struct lacks the __contains__ that ID properties give every ID.
+        if PROP not in image or image.packed_file is not None or not rel.startswith("//"):  # type: ignore[operator]
             continue
         path = base / rel[2:]
         try:

@@ -7,7 +7,7 @@ the environment overrides (GENART_SIDECAR, GENART_CONNECTION_FILE) on top of the
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import bpy
 
@@ -59,7 +59,7 @@ class GENART_AddonPreferences(bpy.types.AddonPreferences):
         ),
     )
 
-    def values(self) -> dict[str, Any]:
+    def settings_values(self) -> dict[str, Any]:
         return {
             "mode": self.sidecar_mode,
             "launch_command": bpy.path.abspath(self.launch_command),
@@ -72,7 +72,7 @@ class GENART_AddonPreferences(bpy.types.AddonPreferences):
         }
 
     def effective(self) -> EffectiveSettings:
-        return effective_settings(self.values(), os.environ)
+        return effective_settings(self.settings_values(), os.environ)
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -99,7 +99,10 @@ class GENART_AddonPreferences(bpy.types.AddonPreferences):
 
 
 def preferences(context: bpy.types.Context) -> GENART_AddonPreferences:
-    return context.preferences.addons[__package__].preferences
+    prefs = context.preferences
+    assert prefs is not None  # the stubs type it Optional; an add-on always sees it set
+    # Blender hands back our registered subclass; the stubs know only AddonPreferences.
+    return cast(GENART_AddonPreferences, prefs.addons[__package__].preferences)
 
 
 CLASSES = (GENART_AddonPreferences,)

@@ -16,6 +16,7 @@ import bpy
 from .. import runtime
 from ..client import PROTOCOL_MAJOR, PROTOCOL_MINOR, GenartError
 from ..client.session import DEAD, READY, STOPPED, Session
+from ..optypes import OperatorResult
 from ..preferences import preferences
 
 CHECK_TIMEOUT = 15.0  # seconds: a launched sidecar must come up within this
@@ -50,7 +51,7 @@ class GENART_OT_check_sidecar(bpy.types.Operator):
     bl_label = "Check sidecar"
     bl_options = {"REGISTER"}
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
         try:
             settings = preferences(context).effective()
         except (KeyError, ValueError) as exc:
