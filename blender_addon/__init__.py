@@ -1,25 +1,29 @@
 """genart for Blender: registers the add-on's classes and its session holder, nothing else.
 
-What the add-on does lives in its submodules: `preferences`, `operators/` (one file per
-user action), `ui/` (draw code), `runtime` (the one live sidecar session), `client/` (the
+What the add-on does lives in its submodules: `preferences`, `properties` (the user's
+intent on the scene, with the engines' parameter groups built from the sidecar's schema),
+`bridge` (properties -> checked request parameters), `operators/` (one file per user
+action), `ui/` (draw code), `runtime` (the one live sidecar session), `client/` (the
 sidecar connection, no `bpy`) and `_vendor/genart_protocol` (a build-generated copy of
 `genart_core.protocol`).
 """
 
 import bpy
 
-from . import operators, preferences, runtime, ui
+from . import operators, preferences, properties, runtime, ui
 
-CLASSES = (*preferences.CLASSES, *operators.CLASSES, *ui.CLASSES)
+CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *ui.CLASSES)
 
 
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    properties.register()
     runtime.register()
 
 
 def unregister() -> None:
     runtime.unregister()
+    properties.unregister()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

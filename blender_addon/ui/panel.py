@@ -1,10 +1,18 @@
-"""The genart tab in the 3D view's sidebar (N panel): the sidecar's state and a check."""
+"""The genart tab in the 3D view's sidebar (N panel): the sidecar's state and a check, and
+the engines: per task the engine the sidecar offers, what it can do, and its parameters.
+
+Draw code only: it reads the session's state, the registered engine groups and the
+scene's values; no I/O, no registration (that is `properties.sync_engines`, on a timer).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import bpy
 
-from .. import runtime
+from .. import bridge, properties, runtime
+from ..client.session import READY
 
 ICONS = {"ready": "CHECKMARK", "dead": "ERROR", "restarting": "FILE_REFRESH"}
 
@@ -25,3 +33,67 @@ class VIEW3D_PT_genart(bpy.types.Panel):
         col = self.layout.column()
         col.label(text=f"Sidecar: {sidecar_state_text(context)}", icon=ICONS.get(state, "NONE"))
         col.operator("genart.check_sidecar", icon="PLUGIN")
+
+
+def draw_task(layout: bpy.types.UILayout, settings: Any, task: str) -> None:
+    """One foldout: the task's engine selector, the engine's capabilities (those it lacks
+    greyed, with the reason) and its parameters (help as tooltips, bad values in red)."""
+    names = properties.offered(task)
+    header, body = layout.panel(f"genart_task_{task}", default_closed=True)
+    header.label(text=properties.TASK_LABELS[task])
+    if names:
+        header.prop(settings, f"{task}_engine", text="")
+    if body is None:
+        return
+    if not names:
+        body.label(text=f"No engine of the sidecar offers {task}", icon="INFO")
+        return
+    name = properties.chosen_engine(settings, task)
+    engine = properties.engine_spec(name)
+    if engine is None:
+        return
+    group = properties.engine_group(settings, name)
+    built = properties.current()
+    if group is None and built is not None and name in built.failed:
+        body.label(text=f"Cannot set up {name}: {built.failed[name]}", icon="ERROR")
+
+    caps = body.column(align=True)
+    for cap in bridge.capabilities(engine, group):
+        row = caps.row()
+        row.enabled = cap.available
+        row.label(text=cap.text, icon="CHECKMARK" if cap.available else "CANCEL")
+
+    col = body.column()
+    for spec in engine.drawn_params():
+        if group is None or not hasattr(group, spec.prop):
+            row = col.row()
+            row.enabled = False
+            row.label(text=f"{bpy.path.display_name(spec.name)}: type {spec.type!r} not drawn")
+            continue
+        error = bridge.field_error(group, spec)
+        row = col.row()
+        row.alert = error is not None
+        row.prop(group, spec.prop)
+        if error is not None:
+            col.label(text=error, icon="ERROR")
+
+
+class VIEW3D_PT_genart_engines(bpy.types.Panel):
+    bl_label = "Engines"
+    bl_parent_id = "VIEW3D_PT_genart"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "genart"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = getattr(context.scene, "genart", None)
+        if settings is None:
+            return
+        if properties.current() is None:
+            layout.label(text="The engines appear when the sidecar is ready", icon="INFO")
+            return
+        if runtime.session().state != READY:
+            layout.label(text="Sidecar not ready: its last engines", icon="ERROR")
+        for task in properties.TASKS:
+            draw_task(layout, settings, task)
