@@ -10,7 +10,7 @@ sidecar connection, no `bpy`) and `_vendor/genart_protocol` (a build-generated c
 
 import bpy
 
-from . import operators, preferences, properties, runtime, ui
+from . import images, operators, preferences, properties, runtime, ui
 
 CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *ui.CLASSES)
 
@@ -19,11 +19,13 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register()
+    images.register()
     runtime.register()
 
 
 def unregister() -> None:
     runtime.unregister()
+    images.unregister()
     properties.unregister()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

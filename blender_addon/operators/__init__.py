@@ -1,5 +1,17 @@
-"""Operators: one file per user action."""
+"""Operators: one file per user action (`generate` is the frame they share)."""
 
+from .background import GENART_OT_background
+from .cancel_job import GENART_OT_cancel_job
 from .check_sidecar import GENART_OT_check_sidecar
+from .regenerate import GENART_OT_regenerate
+from .texture import GENART_OT_texture_from_camera
+from .tileable import GENART_OT_tileable
 
-CLASSES = (GENART_OT_check_sidecar,)
+CLASSES = (
+    GENART_OT_check_sidecar,
+    GENART_OT_texture_from_camera,
+    GENART_OT_tileable,
+    GENART_OT_background,
+    GENART_OT_regenerate,
+    GENART_OT_cancel_job,
+)

@@ -29,10 +29,27 @@ class VIEW3D_PT_genart(bpy.types.Panel):
     bl_category = "genart"
 
     def draw(self, context: bpy.types.Context) -> None:
-        state = runtime.session().state
+        session = runtime.session()
         col = self.layout.column()
-        col.label(text=f"Sidecar: {sidecar_state_text(context)}", icon=ICONS.get(state, "NONE"))
+        col.label(
+            text=f"Sidecar: {sidecar_state_text(context)}", icon=ICONS.get(session.state, "NONE")
+        )
+        if session.state == READY:
+            col.label(text=session.memory_text, icon="MEMORY")
+            if session.models_text:
+                col.label(text=session.models_text, icon="FILE_3D")
         col.operator("genart.check_sidecar", icon="PLUGIN")
+        actions = self.layout.column(align=True)
+        actions.operator("genart.texture_from_camera", icon="TEXTURE")
+        actions.operator("genart.tileable", icon="TEXTURE_DATA")
+        actions.operator("genart.background", icon="WORLD")
+        for job in session.jobs.active():
+            box = self.layout.box()
+            row = box.row()
+            row.label(text=f"{job.label}: {job.text}", icon="TIME")
+            if job.id is not None:
+                row.operator("genart.cancel_job", text="", icon="CANCEL").job = job.id
+            box.progress(factor=job.fraction, text=f"{job.fraction * 100:.0f}%")
 
 
 def draw_task(layout: bpy.types.UILayout, settings: Any, task: str) -> None:
@@ -97,3 +114,38 @@ class VIEW3D_PT_genart_engines(bpy.types.Panel):
             layout.label(text="Sidecar not ready: its last engines", icon="ERROR")
         for task in properties.TASKS:
             draw_task(layout, settings, task)
+
+
+class IMAGE_PT_genart_recipe(bpy.types.Panel):
+    """The recipe of a genart image (Image Editor > sidebar > genart), with Re-generate."""
+
+    bl_label = "genart recipe"
+    bl_space_type = "IMAGE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "genart"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        image = getattr(context.space_data, "image", None)
+        return image is not None and "genart" in image
+
+    def draw(self, context: bpy.types.Context) -> None:
+        from .. import images
+
+        image = context.space_data.image
+        recipe = images.recipe_of(image) or {}
+        params = recipe.get("params") or {}
+        col = self.layout.column(align=True)
+        for label, value in (
+            ("Action", recipe.get("action")),
+            ("Engine", recipe.get("engine")),
+            ("Model", recipe.get("model")),
+            ("Prompt", params.get("prompt")),
+            ("Negative", params.get("negative_prompt")),
+            ("Seed", params.get("seed")),
+            ("Steps", params.get("steps")),
+            ("View transform", recipe.get("view_transform")),
+        ):
+            if value not in (None, ""):
+                col.label(text=f"{label}: {value}")
+        self.layout.operator("genart.regenerate", icon="FILE_REFRESH").image = image.name

@@ -1,0 +1,128 @@
+"""Texture from camera: depth-controlled generation from the camera's view, projected onto
+the selected meshes (new UV map, image and material; the user's data untouched)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+import numpy as np
+
+from .. import capture
+from .._vendor.genart_protocol import Attachment
+from .generate import Action, ActionError, GenerateOperator, Outcome, Prepared, scene_output_dir
+
+
+def fit_long_side(width: int, height: int, long_side: int, multiple: int = 8) -> tuple[int, int]:
+    """(w, h) with the aspect of width×height, the longer side `long_side`, both multiples."""
+    scale = long_side / max(width, height)
+    w = max(multiple, round(width * scale / multiple) * multiple)
+    h = max(multiple, round(height * scale / multiple) * multiple)
+    return int(w), int(h)
+
+
+class TextureFromCamera(Action):
+    name = "texture_from_camera"
+    label = "Texture from camera"
+
+    def prepare(self, context: bpy.types.Context, op: Any) -> Prepared:
+        scene = context.scene
+        objects = [o for o in context.selected_objects if o.type == "MESH"]
+        if not objects:
+            raise ActionError("select the mesh objects to texture (others are ignored)")
+        if scene.camera is None:
+            raise ActionError("the scene has no active camera: add one and make it active")
+        self._check_control(scene)
+        r = scene.render
+        w, h = fit_long_side(
+            r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, op.size
+        )
+        try:
+            cap = capture.capture_camera(
+                scene,
+                scene_output_dir(context, "texture"),
+                width=w,
+                height=h,
+                passes=("depth", "normal", "object_index"),
+            )
+            depth = capture.read_pass(cap.passes_path, "Depth")
+        except capture.CaptureError as exc:
+            raise ActionError(str(exc)) from None
+        inputs = {"passes": Attachment.blob("passes", cap.passes_path.read_bytes(), "exr")}
+        if op.use_render:
+            inputs["image"] = Attachment.blob("image", cap.color_path.read_bytes(), "png")
+        keep = {"capture": cap, "depth": depth, "objects": [o.name for o in objects]}
+        return Prepared("control", cap.request_params(), inputs, keep, self.label)
+
+    @staticmethod
+    def _check_control(scene: bpy.types.Scene) -> None:
+        """The chosen engine must control by depth or normals with its current values,
+        else say what to set (before anything renders)."""
+        from .. import bridge, properties
+
+        name = properties.chosen_engine(scene.genart, "control")
+        spec = properties.engine_spec(name)
+        if name is None or spec is None:
+            return  # the bridge reports a missing engine with its own message
+        caps = {
+            c.key: c for c in bridge.capabilities(spec, properties.engine_group(scene.genart, name))
+        }
+        wanted = [caps[k] for k in ("depth_control", "normal_control") if k in caps]
+        if not any(c.available for c in wanted):
+            lacking = "; ".join(c.text for c in wanted)
+            raise ActionError(
+                f"engine {name} cannot follow the camera's depth as set ({lacking}): set it "
+                "under genart > Controlled by the render"
+            )
+
+    def apply(
+        self,
+        context: bpy.types.Context,
+        op: Any,
+        prepared: Prepared,
+        pixels: np.ndarray,
+        recipe: dict[str, Any],
+    ) -> Outcome:
+        from .. import images, projection
+
+        cap: capture.Capture = prepared.keep["capture"]
+        objects = [bpy.data.objects.get(n) for n in prepared.keep["objects"]]
+        objects = [o for o in objects if o is not None]
+        if not objects:
+            raise ActionError("the objects to texture were deleted while generating")
+        recipe = {**recipe, "near": cap.near, "far": cap.far, "camera": list(cap.camera_matrix)}
+        name = f"{objects[0].name} from camera"
+        image = images.store_image(name, pixels, recipe)
+        depth_image = images.store_float_image(f"{name} depth", prepared.keep["depth"])
+        result = projection.apply_projection(
+            context.scene, objects, cap, image, depth_image, name=name
+        )
+        notes = "; ".join(getattr(result, "notes", ()) or ())
+        done = len(objects) - len(getattr(result, "skipped", ()) or ())
+        message = f"Textured {done} object(s) from the camera into {image.name}"
+        return Outcome(message + (f" ({notes})" if notes else ""), {"images": [image.name]})
+
+
+class GENART_OT_texture_from_camera(GenerateOperator, bpy.types.Operator):
+    """Generate a texture from the active camera's view (depth-controlled) and project it
+    onto the selected meshes, where the camera sees them"""
+
+    bl_idname = "genart.texture_from_camera"
+    bl_label = "Texture from camera"
+    bl_options = {"REGISTER", "UNDO"}
+    recipe_image: bpy.props.StringProperty(options={"HIDDEN", "SKIP_SAVE"})  # type: ignore[valid-type]
+    action = TextureFromCamera()
+
+    size: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Size",
+        default=768,
+        min=64,
+        max=4096,
+        description="Longer side of the generated image in pixels (the camera's aspect)",
+    )
+    use_render: bpy.props.BoolProperty(  # type: ignore[valid-type]
+        name="Start from the render",
+        default=False,
+        description="Use the camera's render as the starting image (image-to-image), "
+        "not only its depth",
+    )
