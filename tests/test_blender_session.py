@@ -404,3 +404,33 @@ def test_a_job_outlives_its_sidecar_being_killed(sess: ModuleType, tmp_path: Pat
         assert pixels.size == 8 * 8 * 4
     finally:
         s.stop()
+
+
+def test_a_sequence_streams_frames_in_and_results_out(sess: ModuleType, tmp_path: Path) -> None:
+    jobs = jobs_module()
+    att = sys.modules["genart_addon_nobpy._vendor.genart_protocol"].Attachment
+    s = launched(sess, tmp_path)
+    try:
+        job = s.jobs.submit_sequence("fake", {"steps": 2}, task="sequence", frames=4)
+        frames = {}
+        for i in range(4):
+            rgba = np.full((6, 5, 4), 10 * i, np.uint8)
+            frames[i] = rgba
+            params = {"steps": -1} if i == 2 else {"seed": i}  # frame 2 is refused
+            s.jobs.append(
+                job, i, {"image": att.array("image", rgba, "uint8", rgba.shape, "srgb")}, params
+            )
+        s.jobs.close(job)
+        assert job.id is None  # appends wait for the id: nothing blocked
+        got = {}
+        s.jobs.wait(job, timeout=60, on_update=lambda j: got.update(j.take_frames()))
+        got.update(job.take_frames())
+        assert job.state == jobs.DONE, job.text
+        assert sorted(got) == [0, 1, 3] and list(job.frame_errors) == [2], (got, job.frame_errors)
+        assert "params.steps" in job.frame_errors[2]
+        for i, reply in got.items():
+            img = np.frombuffer(reply.attachments["image"].data, np.uint8).reshape(6, 5, 4)
+            assert (img[..., :3] == 255 - 10 * i).all()  # the fake engine inverts its input
+        assert job.frames_done == 4 and job.fraction == 1.0
+    finally:
+        s.stop()

@@ -57,7 +57,23 @@ class Job:
     error_field: str | None = None
     last_seq: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
+    # sequences: frames stream in with `append`, results come back frame by frame
+    sequence: bool = False
+    frame_results: dict[int, Reply] = field(default_factory=dict)  # fetched, not yet taken
+    frame_errors: dict[int, str] = field(default_factory=dict)
+    frames_done: int = 0  # results fetched plus frames failed
     _future: Future[Reply] | None = field(default=None, repr=False)
+    _fetches: dict[int, Future[Reply]] = field(default_factory=dict, repr=False)
+    _appends: list[tuple[int, dict[str, Any], dict[str, Attachment]]] = field(
+        default_factory=list, repr=False
+    )
+    _close: bool = field(default=False, repr=False)
+    _sent: dict[int, Future[Reply]] = field(default_factory=dict, repr=False)  # appends
+
+    def take_frames(self) -> dict[int, Reply]:
+        """The frame results fetched since the last call (the caller writes them out)."""
+        out, self.frame_results = self.frame_results, {}
+        return out
 
     @property
     def finished(self) -> bool:
@@ -69,11 +85,20 @@ class Job:
         if self.state == DONE:
             return 1.0
         per_frame = self.step / self.steps if self.steps else 0.0
+        if self.sequence:
+            running = per_frame if self.state == RUNNING else 0.0
+            return min(1.0, (self.frames_done + running) / max(1, self.frames))
         return min(1.0, (self.frame + per_frame) / max(1, self.frames))
 
     @property
     def text(self) -> str:
         """'step 12/30, 4 s left', 'queued', 'failed: ...' — one line for a status bar."""
+        if self.state == RUNNING and self.sequence:
+            eta = f", {self.eta:.0f} s left in it" if self.eta is not None else ""
+            return (
+                f"{self.frames_done}/{self.frames} frames done, frame {self.frame} at step "
+                f"{self.step}/{self.steps}{eta}"
+            )
         if self.state == RUNNING and self.steps:
             frame = f"frame {self.frame + 1}/{self.frames}, " if self.frames > 1 else ""
             eta = f", {self.eta:.0f} s left" if self.eta is not None else ""
@@ -138,6 +163,64 @@ class Jobs:
         job._future = client.submit(engine, params, task=task, inputs=inputs)
         return job
 
+    def submit_sequence(
+        self,
+        engine: str,
+        params: Mapping[str, Any],
+        *,
+        task: str | None = None,
+        frames: int,
+        label: str = "",
+    ) -> Job:
+        """Opens a sequence job of `frames` frames; returns at once. Frames follow with
+        `append` (queued here until the job id is known) and the input ends with `close`."""
+        job = Job(
+            label=label or engine,
+            engine=engine,
+            task=task,
+            params=dict(params),
+            frames=frames,
+            sequence=True,
+        )
+        self.jobs.append(job)
+        client = self.session.client
+        if client is None or self.session.state != "ready":
+            self._fail(job, f"the sidecar is not ready ({self.session.text})")
+            return job
+        self._client = client
+        job._future = client.submit(engine, params, task=task, sequence=True, frames=frames)
+        return job
+
+    def append(
+        self,
+        job: Job,
+        frame: int,
+        inputs: Mapping[str, Attachment],
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Sends frame `frame` of a sequence (its inputs and per-frame parameter values)."""
+        job._appends.append((frame, dict(params or {}), dict(inputs)))
+        self._flush(job)
+
+    def close(self, job: Job) -> None:
+        """No more frames: the job completes when the frames sent are settled."""
+        job._close = True
+        self._flush(job)
+
+    def _flush(self, job: Job) -> None:
+        client = self.session.client
+        if job.id is None or client is None or job.finished:
+            return
+        for frame, params, inputs in job._appends:
+            body: dict[str, Any] = {"job": job.id, "frame": frame}
+            if params:
+                body["params"] = params
+            job._sent[frame] = client.request("append", body, inputs.values())
+        job._appends = []
+        if job._close:
+            job._close = False
+            client.request("close", {"job": job.id})
+
     def cancel(self, job: Job) -> None:
         """Asks the sidecar to cancel; the `cancelled` event settles the job."""
         if job.finished:
@@ -185,10 +268,32 @@ class Jobs:
             if job.state == SUBMITTING:
                 job.id = str(reply.result["job"])
                 self._set(job, QUEUED)
+                self._flush(job)
                 for ev in self._early.pop(job.id, []):
                     self._on_event(ev)
             elif job.state == FETCHING:
                 job.result = reply
+                self._set(job, DONE)
+        for job in self.jobs:
+            for frame, fut in list(job._sent.items()):
+                if fut.done():
+                    del job._sent[frame]
+                    exc = fut.exception()
+                    if exc is not None and not job.finished:  # refused: that frame fails
+                        job.frame_errors[frame] = error_text(exc)[0]
+                        job.frames_done += 1
+                        self._notify(job)
+            for frame, fut in list(job._fetches.items()):
+                if not fut.done():
+                    continue
+                del job._fetches[frame]
+                try:
+                    job.frame_results[frame] = fut.result()
+                except (GenartError, OSError) as exc:
+                    job.frame_errors[frame] = error_text(exc)[0]
+                job.frames_done += 1
+                self._notify(job)
+            if job.sequence and job.state == FETCHING and not job._fetches:
                 self._set(job, DONE)
 
     def wait(
@@ -252,7 +357,19 @@ class Jobs:
             self._notify(job)
         elif ev.type == "result":
             job.warnings.extend(str(w) for w in data.get("warnings") or [])
+            client = self.session.client
+            if job.sequence and client is not None:
+                frame = int(data.get("frame") or 0)
+                job._fetches[frame] = client.request("result", {"job": job.id, "frame": frame})
+        elif ev.type == "frame_failed":
+            frame = int(data.get("frame") or 0)
+            job.frame_errors[frame] = error_text(data.get("error") or {"message": "failed"})[0]
+            job.frames_done += 1
+            self._notify(job)
         elif ev.type == "completed":
+            if job.sequence:
+                self._set(job, FETCHING if job._fetches else DONE)
+                return
             client = self.session.client
             if client is None:
                 self._fail(job, "the connection was lost before the result arrived")
