@@ -307,6 +307,13 @@ def _selector(task: str) -> dict[str, Any]:
     }
 
 
+class GENART_PG_prompt_key(bpy.types.PropertyGroup):
+    """One entry of a prompt schedule: from `frame` on, the prompt is `prompt`."""
+
+    frame: bpy.props.IntProperty(name="Frame", default=1)  # type: ignore[valid-type]
+    prompt: bpy.props.StringProperty(name="Prompt")  # type: ignore[valid-type]
+
+
 GENART_PG_settings = type(
     "GENART_PG_settings",
     (bpy.types.PropertyGroup,),
@@ -315,6 +322,21 @@ GENART_PG_settings = type(
         "__module__": __name__,
         "__annotations__": {
             "engines": bpy.props.PointerProperty(type=GENART_PG_engines),
+            # Prompts over time (Blender cannot keyframe strings, DESIGN §9): schedule
+            # entries, and timeline markers named "prompt: ..." when enabled.
+            "prompt_schedule": bpy.props.CollectionProperty(type=GENART_PG_prompt_key),
+            "use_marker_prompts": bpy.props.BoolProperty(
+                name="Prompts from markers",
+                description="Timeline markers named 'prompt: <text>' change the prompt "
+                "from their frame on",
+                default=True,
+            ),
+            "stylize_renders": bpy.props.BoolProperty(
+                name="Stylize renders",
+                description="Every rendered frame (F12, Ctrl+F12, blender -b -a) also goes "
+                "through the sidecar, the stylized frame written beside Blender's output",
+                default=False,
+            ),
             **{k: v for task in TASKS for k, v in _selector(task).items()},
         },
     },
@@ -401,7 +423,7 @@ def _sync_tick() -> float:
     return SYNC_SECONDS
 
 
-CLASSES = (GENART_PG_engines, GENART_PG_settings)
+CLASSES = (GENART_PG_engines, GENART_PG_prompt_key, GENART_PG_settings)
 
 
 def register() -> None:
