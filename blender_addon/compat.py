@@ -63,6 +63,22 @@ def is_eevee(engine: str) -> bool:
     return engine in EEVEE_IDS
 
 
+def set_video_mp4(fmt: Any, ffmpeg: Any) -> None:
+    """H.264 in an MP4 through Blender's own FFmpeg (5.0: media_type VIDEO first)."""
+    if HAS_MEDIA_TYPE:
+        fmt.media_type = "VIDEO"
+    fmt.file_format = "FFMPEG"
+    ffmpeg.format = "MPEG4"
+    ffmpeg.codec = "H264"
+    ffmpeg.constant_rate_factor = "HIGH"
+
+
+def strips(sequence_editor: Any) -> Any:
+    """The editor's top-level strips: 5.0 `strips`, 4.5 `sequences` (both in 4.5)."""
+    found = getattr(sequence_editor, "strips", None)
+    return found if found is not None else sequence_editor.sequences
+
+
 def openimageio() -> ModuleType:
     """Blender's bundled OpenImageIO (4.x and 5.x ship it in their Python's site-packages,
     which a real Blender has on sys.path; the `bpy` wheel does not, so it is added here)."""
@@ -88,4 +104,6 @@ __all__ = [
     "openimageio",
     "set_multilayer_exr",
     "set_png",
+    "set_video_mp4",
+    "strips",
 ]

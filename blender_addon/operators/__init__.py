@@ -4,6 +4,7 @@ from .background import GENART_OT_background
 from .cancel_job import GENART_OT_cancel_job
 from .check_sidecar import GENART_OT_check_sidecar
 from .regenerate import GENART_OT_regenerate
+from .stylize import GENART_OT_stylize_animation
 from .texture import GENART_OT_texture_from_camera
 from .tileable import GENART_OT_tileable
 
@@ -12,6 +13,7 @@ CLASSES = (
     GENART_OT_texture_from_camera,
     GENART_OT_tileable,
     GENART_OT_background,
+    GENART_OT_stylize_animation,
     GENART_OT_regenerate,
     GENART_OT_cancel_job,
 )

@@ -1,0 +1,421 @@
+"""Stylize animation: render every frame's passes first, then stream them into one sequence
+job and write the stylized frames as they come, onto the Video Sequencer.
+
+Rendering first and stylizing after keeps Cycles and the model from fighting over one GPU:
+the sidecar is asked to offload its models before the renders. Depth is normalised once
+for the whole range (near/far over every frame, DESIGN §9). Frames already on disk with
+the same recipe hash are skipped (`stylize.py`), so re-running costs only what changed.
+In the UI one frame renders per timer tick and the job is followed like any other (Esc
+cancels it; frames written so far stay); in `blender -b` it all blocks, with progress lines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from .. import capture, compat, runtime, stylize
+from .._vendor.genart_protocol import Attachment, GenartError
+from ..client import jobs as J
+from .generate import ActionError, GenerateOperator, recipe_for, result_pixels
+from .texture import fit_long_side
+
+TASK = "sequence"
+# What the per-frame path sends (and hashes): the coherent engine (issue 9) adds the
+# vector and object-index passes, whose frame-to-frame dependence then enters the hash.
+PASSES = ("depth", "normal")
+
+
+@dataclass
+class Frame:
+    frame: int
+    capture: capture.Capture
+    params: dict[str, Any]
+    digest: str = ""
+    inputs_hash: str = ""
+
+
+@dataclass
+class StylizeRun:
+    """One stylize run, step by step (the operator drives it, blocking or per tick)."""
+
+    scene: bpy.types.Scene
+    name: str
+    folder: Path
+    frames: list[int]
+    size: int
+    work: Path
+    todo: list[int] = field(default_factory=list)
+    rendered: list[Frame] = field(default_factory=list)
+    engine: str = ""
+    job: J.Job | None = None
+    index: dict[int, Frame] = field(default_factory=dict)  # job frame index -> Frame
+    written: list[Path] = field(default_factory=list)
+    skipped: int = 0
+    failed: dict[int, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.todo = list(self.frames)
+        self._t0 = time.monotonic()
+        r = self.scene.render
+        self.width, self.height = fit_long_side(
+            r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, self.size
+        )
+
+    # -- 1. render ---------------------------------------------------------------------
+    def render_next(self) -> bool:
+        """Captures the next frame; True when every frame is captured."""
+        from .. import bridge
+
+        if not self.todo:
+            return True
+        frame = self.todo.pop(0)
+        scene = self.scene
+        scene.frame_set(frame)
+        try:
+            cap = capture.capture_camera(
+                scene,
+                self.work,
+                width=self.width,
+                height=self.height,
+                passes=PASSES,
+                stem=f"{frame:04d}",
+            )
+        except capture.CaptureError as exc:
+            raise ActionError(f"frame {frame}: {exc}") from None
+        engine_prompt = _engine_prompt(scene)
+        filled = {
+            "width": self.width,
+            "height": self.height,
+            "camera_rotation": list(cap.camera_rotation),
+            "prompt": stylize.resolve_prompt(scene, frame, engine_prompt),
+        }
+        request = bridge.build_request(scene, TASK, filled)
+        self.engine = request.engine
+        params = request.submit_params()["params"]
+        self.rendered.append(Frame(frame, cap, params))
+        if not self.todo:
+            self.timings["render"] = time.monotonic() - self._t0
+        return not self.todo
+
+    # -- 2. submit what is not on disk yet ------------------------------------------------
+    def submit(self) -> J.Job | None:
+        """Sequence-wide near/far, recipe hashes, then one sequence job for the frames
+        whose file is missing or stale; None when every frame is up to date."""
+        session = runtime.session()
+        near = min(f.capture.near for f in self.rendered)
+        far = max(f.capture.far for f in self.rendered)
+        version = _engine_version(self.engine)
+        for f in self.rendered:
+            f.params.update(near=near, far=far)
+            f.inputs_hash = stylize.pixels_hash([f.capture.color_path, f.capture.passes_path])
+            model_sha = _model_sha(str(f.params.get("model", "")))
+            f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, f.params)
+        needed = [
+            f
+            for f in self.rendered
+            if stylize.existing_hash(stylize.frame_path(self.folder, f.frame)) != f.digest
+        ]
+        self.skipped = len(self.rendered) - len(needed)
+        if not needed:
+            return None
+        base = dict(needed[0].params)
+        self.job = session.jobs.submit_sequence(
+            self.engine, base, task=TASK, frames=len(needed), label=f"Stylize {self.name}"
+        )
+        for i, f in enumerate(needed):
+            self.index[i] = f
+            overrides = {k: v for k, v in f.params.items() if base.get(k) != v}
+            inputs = {
+                "image": Attachment.blob("image", f.capture.color_path.read_bytes(), "png"),
+                "passes": Attachment.blob("passes", f.capture.passes_path.read_bytes(), "exr"),
+            }
+            session.jobs.append(self.job, i, inputs, overrides)
+        session.jobs.close(self.job)
+        return self.job
+
+    # -- 3. write frames as they come ---------------------------------------------------
+    def collect(self, context: bpy.types.Context, options: dict[str, Any]) -> None:
+        job = self.job
+        if job is None:
+            return
+        for i, reply in job.take_frames().items():
+            f = self.index[i]
+            holder = J.Job(job.label, job.engine, TASK, f.params, result=reply)
+            recipe = recipe_for(context, _ACTION, holder, options)
+            recipe.update(frame=f.frame, near=f.params["near"], far=f.params["far"])
+            recipe["inputs_sha256"] = f.inputs_hash
+            path = stylize.frame_path(self.folder, f.frame)
+            stylize.write_frame(path, result_pixels(holder), recipe, f.digest)
+            self.written.append(path)
+        for i, error in job.frame_errors.items():
+            self.failed[self.index[i].frame] = error
+
+    # -- 4. the timeline ---------------------------------------------------------------
+    def finish(self, mp4: bool) -> tuple[Any, Path | None]:
+        files = [stylize.frame_path(self.folder, f) for f in self.frames]
+        present = [p for p in files if p.is_file()]
+        if len(present) != len(files):
+            missing = [f for f, p in zip(self.frames, files, strict=True) if not p.is_file()]
+            raise ActionError(f"frames {missing[:8]} were not generated: {self.failed or ''}")
+        strip = stylize.add_strip(self.scene, f"genart {self.name}", files, self.frames[0])
+        movie = (
+            encode_mp4(
+                self.scene, files, self.folder / f"{self.name}.mp4", (self.width, self.height)
+            )
+            if mp4
+            else None
+        )
+        self.timings["total"] = time.monotonic() - self._t0
+        return strip, movie
+
+
+class _StylizeAction:
+    name = "stylize_animation"
+    label = "Stylize animation"
+
+
+_ACTION: Any = _StylizeAction()
+
+
+def _engine_prompt(scene: bpy.types.Scene) -> str:
+    from .. import properties
+
+    name = properties.chosen_engine(scene.genart, TASK)
+    group = properties.engine_group(scene.genart, name)
+    return str(getattr(group, "prompt", "") or "") if group is not None else ""
+
+
+def _engine_version(engine: str) -> str:
+    for e in runtime.session().welcome.get("engines", []):
+        if e.get("name") == engine:
+            return str(e.get("version", ""))
+    return ""
+
+
+def _model_sha(model: str) -> str | None:
+    for m in runtime.session().models or []:
+        if model and model in (m.get("id"), m.get("path")):
+            return m.get("sha256")
+    return None
+
+
+def encode_mp4(scene: bpy.types.Scene, files: list[Path], out: Path, size: tuple[int, int]) -> Path:
+    """An H.264 MP4 of the frames with Blender's own encoder (a temporary scene)."""
+    tmp = bpy.data.scenes.new("genart mp4")
+    try:
+        se = tmp.sequence_editor_create()
+        strip = compat.strips(se).new_image(
+            name="frames", filepath=str(files[0]), channel=1, frame_start=1
+        )
+        for f in files[1:]:
+            strip.elements.append(f.name)
+        r = tmp.render
+        w, h = size
+        r.resolution_x, r.resolution_y, r.resolution_percentage = w - w % 2, h - h % 2, 100
+        r.fps, r.fps_base = scene.render.fps, scene.render.fps_base
+        tmp.frame_start, tmp.frame_end = 1, len(files)
+        compat.set_video_mp4(r.image_settings, r.ffmpeg)
+        r.filepath = str(out)
+        r.use_file_extension = False
+        r.use_sequencer = True
+        bpy.ops.render.render(animation=True, scene=tmp.name)
+    finally:
+        bpy.data.scenes.remove(tmp)
+    if not out.is_file():
+        raise ActionError(f"the MP4 was not written to {out}")
+    return out
+
+
+class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
+    """Stylize the scene's animation: render every frame's passes, then stylize them in one
+    sequence job onto the Video Sequencer (frames already done with the same recipe are
+    kept)"""
+
+    bl_idname = "genart.stylize_animation"
+    bl_label = "Stylize animation"
+    bl_options = {"REGISTER", "UNDO"}
+    action = _ACTION
+
+    frame_start: bpy.props.IntProperty(name="Start", default=0, description="0: the scene's")  # type: ignore[valid-type]
+    frame_end: bpy.props.IntProperty(name="End", default=0, description="0: the scene's")  # type: ignore[valid-type]
+    size: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Size",
+        default=512,
+        min=64,
+        max=4096,
+        description="Longer side of the stylized frames in pixels (the camera's aspect)",
+    )
+    output: bpy.props.StringProperty(  # type: ignore[valid-type]
+        name="Output",
+        subtype="DIR_PATH",
+        description="Folder for the frames; empty: //genart/<scene>_stylized/",
+    )
+    name: bpy.props.StringProperty(name="Name", default="")  # type: ignore[valid-type]
+    mp4: bpy.props.BoolProperty(name="MP4", default=False, description="Also encode an MP4")  # type: ignore[valid-type]
+
+    def _start(self, context: bpy.types.Context) -> StylizeRun:
+        scene = context.scene
+        if scene.camera is None:
+            raise ActionError("the scene has no active camera")
+        start = self.frame_start or scene.frame_start
+        end = self.frame_end or scene.frame_end
+        if end < start:
+            raise ActionError(f"frame range {start}..{end} is empty (fix frame_end)")
+        name = self.name or f"{scene.name}_stylized"
+        try:
+            folder = stylize.output_folder(scene, name, self.output)
+        except ValueError as exc:
+            raise ActionError(str(exc)) from None
+        folder.mkdir(parents=True, exist_ok=True)
+        from .generate import scene_output_dir
+
+        run = StylizeRun(
+            scene,
+            name,
+            folder,
+            list(range(start, end + 1)),
+            self.size,
+            scene_output_dir(context, "stylize"),
+        )
+        client = runtime.session().client
+        if client is not None:  # free the GPU for Blender's renders (best effort)
+            client.request("unload", {"mode": "offload"})
+        return run
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        why = self._ensure_ready(blocking=True)
+        if why is not None:
+            self.report({"ERROR"}, f"{self.bl_label}: {why}")
+            return {"CANCELLED"}
+        scene = context.scene
+        frame0 = scene.frame_current
+        options = _options(self)
+        try:
+            run = self._start(context)
+            while not run.render_next():
+                print(
+                    f"genart: stylize: rendered frame {run.rendered[-1].frame} "
+                    f"({len(run.rendered)}/{len(run.frames)})",
+                    flush=True,
+                )
+            scene.frame_set(frame0)
+            job = run.submit()
+            if job is not None:
+                last = [0.0]
+
+                def show(j: J.Job) -> None:
+                    run.collect(context, options)
+                    if time.monotonic() - last[0] >= 1.0 or j.finished:
+                        print(f"genart: stylize: {j.text} ({j.fraction * 100:.0f}%)", flush=True)
+                        last[0] = time.monotonic()
+
+                runtime.session().jobs.wait(job, None, on_update=show)
+                run.collect(context, options)
+                if job.state == J.CANCELLED:
+                    self.report({"WARNING"}, f"cancelled; {len(run.written)} frames written")
+                    return {"CANCELLED"}
+                if job.state == J.FAILED:
+                    raise ActionError(job.error)
+            strip, movie = run.finish(self.mp4)
+        except (ActionError, GenartError, OSError) as exc:
+            scene.frame_set(frame0)
+            return self._fail_early(exc)
+        self.report_done(run, strip, movie)
+        return {"FINISHED"}
+
+    def report_done(self, run: StylizeRun, strip: Any, movie: Path | None) -> None:
+        self.generated = len(run.written)
+        self.skipped = run.skipped
+        self.report(
+            {"INFO"},
+            f"Stylized {len(run.frames)} frames into {run.folder} ({len(run.written)} generated, "
+            f"{run.skipped} up to date), strip '{strip.name}' in channel {strip.channel}"
+            + (f", {movie.name}" if movie else ""),
+        )
+
+    # UI: render one frame per timer tick, then follow the job (Esc cancels it).
+    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+        if bpy.app.background:
+            return self.execute(context)
+        why = self._ensure_ready(blocking=False)
+        if why is not None:
+            self.report({"ERROR"}, f"{self.bl_label}: {why}")
+            return {"CANCELLED"}
+        try:
+            self._run = self._start(context)
+        except (ActionError, GenartError, OSError) as exc:
+            return self._fail_early(exc)
+        self._frame0 = context.scene.frame_current
+        self._job = None
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.05, window=context.window)
+        wm.progress_begin(0, 100)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: Any) -> set[str]:
+        run: StylizeRun = self._run
+        if event.type == "ESC" and event.value == "PRESS":
+            if self._job is None:
+                self._cleanup(context)
+                context.scene.frame_set(self._frame0)
+                self.report({"WARNING"}, "cancelled while rendering; nothing was sent")
+                return {"CANCELLED"}
+            runtime.session().jobs.cancel(self._job)
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        wm = context.window_manager
+        try:
+            if self._job is None:
+                done = run.render_next()
+                wm.progress_update(int(40 * len(run.rendered) / len(run.frames)))
+                context.workspace.status_text_set(
+                    f"genart: rendering frame {len(run.rendered)}/{len(run.frames)} (Esc cancels)"
+                )
+                if not done:
+                    return {"RUNNING_MODAL"}
+                context.scene.frame_set(self._frame0)
+                self._job = run.submit()
+                if self._job is None:
+                    return self._done(context, run)
+                return {"RUNNING_MODAL"}
+            runtime.session().tick()
+            run.collect(context, _options(self))
+            job = self._job
+            wm.progress_update(40 + int(60 * job.fraction))
+            context.workspace.status_text_set(f"genart: stylize: {job.text} (Esc cancels)")
+            if not job.finished:
+                return {"RUNNING_MODAL"}
+            if job.state == J.CANCELLED:
+                self._cleanup(context)
+                self.report({"WARNING"}, f"cancelled; {len(run.written)} frames written")
+                return {"CANCELLED"}
+            if job.state == J.FAILED:
+                raise ActionError(job.error)
+            return self._done(context, run)
+        except (ActionError, GenartError, OSError) as exc:
+            self._cleanup(context)
+            context.scene.frame_set(self._frame0)
+            return self._fail_early(exc)
+
+    def _done(self, context: bpy.types.Context, run: StylizeRun) -> set[str]:
+        self._cleanup(context)
+        strip, movie = run.finish(self.mp4)
+        self.report_done(run, strip, movie)
+        return {"FINISHED"}
+
+
+def _options(op: Any) -> dict[str, Any]:
+    from .generate import operator_options
+
+    return operator_options(op)
+
+
+__all__ = ["GENART_OT_stylize_animation", "StylizeRun", "encode_mp4"]

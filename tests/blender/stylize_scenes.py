@@ -1,0 +1,125 @@
+"""Runs inside the bpy wheel (tests/test_blender_stylize.py): Stylize animation end to end
+on a 6-frame scene against a real sidecar with a tiny SD model. `ZIP`, `OUT` and `SD` are
+prepended by the test; GENART_CONNECTION_FILE points at the sidecar."""
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import bpy
+
+bpy.ops.wm.read_factory_settings(use_empty=True)  # first: it would unload the add-on
+assert bpy.ops.extensions.package_install_files(
+    repo="user_default",
+    filepath=ZIP,  # noqa: F821 (prepended by the test)
+    enable_on_install=True,
+) == {"FINISHED"}
+MOD = "bl_ext.user_default.genart"
+addon = importlib.import_module(MOD)
+pngio = importlib.import_module(MOD + ".pngio")
+out = Path(OUT)  # noqa: F821
+results: dict = {}
+
+sc = bpy.context.scene
+bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"  # frames 1-4 stay
+sc.render.engine = "CYCLES"
+sc.cycles.samples = 1
+sc.cycles.device = "CPU"
+sc.cycles.use_denoising = False
+sc.render.resolution_x, sc.render.resolution_y = 64, 48
+sc.frame_start, sc.frame_end = 1, 6
+bpy.ops.mesh.primitive_plane_add(size=20)
+bpy.ops.mesh.primitive_cube_add(size=2, location=(-3, 0, 1))
+cube = bpy.context.object
+for f, x in enumerate((-3.0, -2.0, -1.0, 0.0, 1.0, 2.0), start=1):  # a key per frame
+    cube.location.x = x
+    cube.keyframe_insert("location", frame=f)
+
+cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+sc.collection.objects.link(cam)
+cam.location, cam.rotation_euler = (0, -10, 5), (math.radians(65), 0, 0)
+sc.camera = cam
+bpy.ops.wm.save_as_mainfile(filepath=str(out / "anim.blend"))
+
+assert bpy.ops.genart.check_sidecar() == {"FINISHED"}
+session = addon.runtime.session()
+addon.properties.sync_engines(session.welcome)
+g = sc.genart
+g.sequence_engine = "sd"
+sd = g.engines.sd
+sd.model = SD  # noqa: F821
+sd.steps = 4
+sd.seed = 7
+sd.prompt = "first prompt"
+for f, v in ((1, 0.5), (6, 1.0)):  # strength is keyframable like any property
+    sd.strength = v
+    sd.keyframe_insert("strength", frame=f)
+key = g.prompt_schedule.add()
+key.frame, key.prompt = 3, "scheduled prompt"
+sc.timeline_markers.new("prompt: marker prompt", frame=5)
+
+folder = out / "genart" / "anim"
+
+
+def run(**kw) -> dict:
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} if folder.exists() else {}
+    n_jobs = len(session.jobs.jobs)
+    try:
+        res = sorted(bpy.ops.genart.stylize_animation(name="anim", size=64, **kw))
+        err = ""
+    except RuntimeError as exc:
+        res, err = ["CANCELLED"], str(exc)
+    new_jobs = session.jobs.jobs[n_jobs:]
+    after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    return {
+        "result": res,
+        "error": err,
+        "sent_frames": sum(j.frames for j in new_jobs),
+        "rewritten": sorted(n for n in after if before.get(n) != after[n]),
+        "files": sorted(after),
+    }
+
+
+results["first"] = run()
+frames = {}
+for p in sorted(folder.glob("*.png")):
+    text = pngio.read_text(p)
+    recipe = json.loads(text["genart"])
+    frames[p.name] = {
+        "hash": text.get("genart_hash"),
+        "prompt": recipe["params"]["prompt"],
+        "strength": recipe["params"]["strength"],
+        "frame": recipe["frame"],
+        "near_far": [recipe["near"], recipe["far"]],
+        "parameters": text["parameters"][:80],
+    }
+results["frames"] = frames
+se = sc.sequence_editor
+strips = [s for s in addon.compat.strips(se) if s.name.startswith("genart")]
+results["strips"] = [
+    {
+        "name": s.name,
+        "start": s.frame_final_start,
+        "end": s.frame_final_end,
+        "channel": s.channel,
+        "n": len(s.elements),
+        "dir": s.directory,
+    }
+    for s in strips
+]
+results["again"] = run()
+for name in ("0004.png", "0005.png", "0006.png"):  # an interrupted run left 3 frames
+    (folder / name).unlink()
+results["resume"] = run()
+cube.location.x = 0.0  # move the cube on frames 5-6 only
+cube.keyframe_insert("location", frame=5)
+cube.location.x = 0.5
+cube.keyframe_insert("location", frame=6)
+results["moved"] = run()
+results["mp4"] = run(mp4=True)
+results["mp4"]["file"] = [p.name for p in folder.glob("*.mp4")]
+results["mp4"]["size"] = sum(p.stat().st_size for p in folder.glob("*.mp4"))
+results["bad_range"] = run(frame_start=5, frame_end=2)
+(out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+print("GENART-STYLIZE-OK")
