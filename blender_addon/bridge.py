@@ -257,8 +257,11 @@ def capabilities(engine: EngineSpec, group: Any) -> list[Capability]:
             m = _NEEDS.fullmatch(value.strip())
             needed = engine.param(m.group(1)) if m else None
             # A condition on a parameter the add-on fills, or in words, is shown as said.
-            unchecked = needed is None or needed.name in ADDON_FILLED
-            if unchecked or (group is not None and _is_set(group, needed)):
+            if (
+                needed is None
+                or needed.name in ADDON_FILLED
+                or (group is not None and _is_set(group, needed))
+            ):
                 out.append(Capability(key, label, True, value))
             else:
                 out.append(Capability(key, label, False, f"needs {needed.name}"))

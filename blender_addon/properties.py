@@ -34,7 +34,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
 import bpy
 
@@ -178,21 +178,39 @@ def _precision(*values: float | None) -> int:
     return min(6, 1 - math.floor(math.log10(min(small)))) if small else 3
 
 
+class _Common(TypedDict):
+    """The keywords every parameter's property gets."""
+
+    name: str
+    description: str
+
+
+class _FloatBounds(TypedDict, total=False):
+    """A float property's bounds, where the schema gives them (else Blender's)."""
+
+    min: float
+    max: float
+
+
 def make_property(spec: ParamSpec) -> Any:
     """The `bpy.props` property for one parameter; None for a type the add-on cannot draw."""
-    common = {"name": bpy.path.display_name(spec.name), "description": spec.help}
+    common: _Common = {"name": bpy.path.display_name(spec.name), "description": spec.help}
     if spec.type == "int":
         lo = _int_bound(spec.min, math.ceil, INT_MIN)
         hi = _int_bound(spec.max, math.floor, INT_MAX)
         default = spec.default if isinstance(spec.default, int) else 0
         return bpy.props.IntProperty(min=lo, max=hi, default=min(max(default, lo), hi), **common)
     if spec.type == "float":
-        bounds = {k: float(v) for k, v in (("min", spec.min), ("max", spec.max)) if v is not None}
-        default = float(spec.default) if isinstance(spec.default, (int, float)) else 0.0
-        lo, hi = bounds.get("min", -math.inf), bounds.get("max", math.inf)
-        digits = _precision(default, spec.min)
+        bounds: _FloatBounds = {}
+        if spec.min is not None:
+            bounds["min"] = float(spec.min)
+        if spec.max is not None:
+            bounds["max"] = float(spec.max)
+        value = float(spec.default) if isinstance(spec.default, (int, float)) else 0.0
+        low, high = bounds.get("min", -math.inf), bounds.get("max", math.inf)
+        digits = _precision(value, spec.min)
         return bpy.props.FloatProperty(
-            default=min(max(default, lo), hi), precision=digits, **bounds, **common
+            default=min(max(value, low), high), precision=digits, **bounds, **common
         )
     if spec.type == "bool":
         return bpy.props.BoolProperty(default=bool(spec.default), **common)
@@ -200,13 +218,14 @@ def make_property(spec: ParamSpec) -> Any:
         maxlen = int(spec.max) if spec.max is not None else 0  # bytes, so never over
         return bpy.props.StringProperty(default=str(spec.default or ""), maxlen=maxlen, **common)
     if spec.type == "enum" and spec.choices:
-        items = [(c, bpy.path.display_name(c), "", 0, choice_number(c)) for c in spec.choices]
-        default = spec.default if spec.default in spec.choices else spec.choices[0]
-        return bpy.props.EnumProperty(items=items, default=default, **common)
+        # (identifier, name, description, icon, number); icon "NONE" is Blender's icon 0.
+        items = [(c, bpy.path.display_name(c), "", "NONE", choice_number(c)) for c in spec.choices]
+        choice = spec.default if spec.default in spec.choices else spec.choices[0]
+        return bpy.props.EnumProperty(items=items, default=choice, **common)
     if spec.type in LIST_TYPES:
         common["description"] = (spec.help + " " + list_hint(spec)).strip()
-        default = format_list(spec.type, spec.default or ())
-        return bpy.props.StringProperty(default=default, **common)
+        text = format_list(spec.type, spec.default or ())
+        return bpy.props.StringProperty(default=text, **common)
     return None
 
 
@@ -237,8 +256,9 @@ class GENART_PG_engines(bpy.types.PropertyGroup):
     """One pointer per engine of the sidecar (`engines.sd`, `engines.texsynth`), added and
     removed by `sync_engines`."""
 
-    # The registered build (Built or None): the add-on's dynamic classes are this registry.
-    built = None
+    # The registered build: the add-on's dynamic classes are this registry. A ClassVar, not
+    # a property: Blender registers only the annotations that are bpy.props definitions.
+    built: ClassVar[Built | None] = None
 
 
 def current() -> Built | None:
@@ -293,11 +313,13 @@ def _selector(task: str) -> dict[str, Any]:
             setattr(self, f"{task}_engine_name", names[value])
 
     label = TASK_LABELS[task]
+    # fake-bpy-module declares the bpy.props functions `-> None`; Blender returns a property
+    # definition, used as a value in the classes this module builds, hence the ignores.
     return {
-        f"{task}_engine_name": bpy.props.StringProperty(
+        f"{task}_engine_name": bpy.props.StringProperty(  # type: ignore[func-returns-value]
             name=f"{label} engine name", options={"HIDDEN"}
         ),
-        f"{task}_engine": bpy.props.EnumProperty(
+        f"{task}_engine": bpy.props.EnumProperty(  # type: ignore[func-returns-value]
             name="Engine",
             description=f"The sidecar's engine for {task} ({label.lower()})",
             items=items,
@@ -321,17 +343,17 @@ GENART_PG_settings = type(
         "__doc__": "scene.genart: the engine per task and every engine's parameter values",
         "__module__": __name__,
         "__annotations__": {
-            "engines": bpy.props.PointerProperty(type=GENART_PG_engines),
+            "engines": bpy.props.PointerProperty(type=GENART_PG_engines),  # type: ignore[func-returns-value]
             # Prompts over time (Blender cannot keyframe strings, DESIGN §9): schedule
             # entries, and timeline markers named "prompt: ..." when enabled.
-            "prompt_schedule": bpy.props.CollectionProperty(type=GENART_PG_prompt_key),
-            "use_marker_prompts": bpy.props.BoolProperty(
+            "prompt_schedule": bpy.props.CollectionProperty(type=GENART_PG_prompt_key),  # type: ignore[func-returns-value]
+            "use_marker_prompts": bpy.props.BoolProperty(  # type: ignore[func-returns-value]
                 name="Prompts from markers",
                 description="Timeline markers named 'prompt: <text>' change the prompt "
                 "from their frame on",
                 default=True,
             ),
-            "stylize_renders": bpy.props.BoolProperty(
+            "stylize_renders": bpy.props.BoolProperty(  # type: ignore[func-returns-value]
                 name="Stylize renders",
                 description="Every rendered frame (F12, Ctrl+F12, blender -b -a) also goes "
                 "through the sidecar, the stylized frame written beside Blender's output",
@@ -395,7 +417,7 @@ def sync_engines(welcome: Mapping[str, Any] | None = None) -> bool:
         except (RuntimeError, TypeError, ValueError) as exc:
             failed[engine.name] = str(exc).strip().splitlines()[-1] if str(exc) else "refused"
             continue
-        setattr(GENART_PG_engines, engine.prop, bpy.props.PointerProperty(type=cls))
+        setattr(GENART_PG_engines, engine.prop, bpy.props.PointerProperty(type=cls))  # type: ignore[func-returns-value]
         classes.append(cls)
     items = {
         task: [(e.name, e.name, f"{e.help} (v{e.version})") for e in engines if task in e.tasks]
@@ -428,7 +450,8 @@ CLASSES = (GENART_PG_engines, GENART_PG_prompt_key, GENART_PG_settings)
 
 def register() -> None:
     """After CLASSES are registered: the scene pointer and the sync timer."""
-    bpy.types.Scene.genart = bpy.props.PointerProperty(type=GENART_PG_settings)
+    # A run-time property: the stubs know neither it nor what bpy.props returns (above).
+    bpy.types.Scene.genart = bpy.props.PointerProperty(type=GENART_PG_settings)  # type: ignore[attr-defined,func-returns-value]
     if not bpy.app.timers.is_registered(_sync_tick):
         bpy.app.timers.register(_sync_tick, first_interval=SYNC_SECONDS, persistent=True)
 
@@ -438,4 +461,4 @@ def unregister() -> None:
     if bpy.app.timers.is_registered(_sync_tick):
         bpy.app.timers.unregister(_sync_tick)
     _teardown()
-    del bpy.types.Scene.genart
+    del bpy.types.Scene.genart  # type: ignore[attr-defined]

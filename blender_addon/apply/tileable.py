@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import bpy
 import numpy as np
@@ -72,6 +72,7 @@ def _render_uv(obj: bpy.types.Object, depsgraph: Any) -> tuple[str, np.ndarray, 
     if obj.type != "MESH":
         return None
     mesh = obj.evaluated_get(depsgraph).data if depsgraph is not None else obj.data
+    assert isinstance(mesh, bpy.types.Mesh)  # obj.type == "MESH", checked above
     layer = next((layer for layer in mesh.uv_layers if layer.active_render), None)
     if layer is None:
         return None
@@ -89,19 +90,21 @@ def _material(image: bpy.types.Image, title: str, mapping: str, scale: float) ->
             warnings.simplefilter("ignore", DeprecationWarning)
             material.use_nodes = True
     tree = material.node_tree
+    assert tree is not None  # switching nodes on made it
     tree.nodes.clear()
     coords = tree.nodes.new("ShaderNodeTexCoord")
     coords.location = (-900, 0)
     place = tree.nodes.new("ShaderNodeMapping")
     place.location = (-700, 0)
-    place.inputs["Scale"].default_value = (scale, scale, scale)
+    cast(bpy.types.NodeSocketVectorXYZ, place.inputs["Scale"]).default_value = (scale, scale, scale)
     tex = tree.nodes.new("ShaderNodeTexImage")
     tex.location = (-450, 0)
-    tex.image = image
-    tex.extension = "REPEAT"
+    texture = cast(bpy.types.ShaderNodeTexImage, tex)  # what that idname makes
+    texture.image = image
+    texture.extension = "REPEAT"
     if mapping == "BOX":
-        tex.projection = "BOX"
-        tex.projection_blend = BOX_BLEND
+        texture.projection = "BOX"
+        texture.projection_blend = BOX_BLEND
         tree.links.new(coords.outputs["Object"], place.inputs["Vector"])
     else:  # the UV output is the active render map of whichever object is shaded
         tree.links.new(coords.outputs["UV"], place.inputs["Vector"])
@@ -166,7 +169,7 @@ def apply_tileable(
     if depsgraph is None and mapping == "UV":
         depsgraph = bpy.context.evaluated_depsgraph_get()
     notes: list[str] = []
-    plan: list[tuple[bpy.types.Object, str]] = []
+    plan: list[tuple[bpy.types.Object, Literal["BOX", "UV"]]] = []
     for obj in chosen:
         if obj.type not in SURFACES:
             notes.append(f"{obj.name}: a {obj.type.lower()} holds no material, left alone")
@@ -202,7 +205,10 @@ def apply_tileable(
     for obj, mode in plan:
         material = materials[mode]
         if len(obj.material_slots) == 0:
-            obj.data.materials.append(None)
+            data = obj.data
+            # The SURFACES types: meshes, metaballs and curves (surfaces and text included).
+            assert isinstance(data, (bpy.types.Mesh, bpy.types.Curve, bpy.types.MetaBall))
+            data.materials.append(None)
             notes.append(f"{obj.name}: had no material slot; one empty slot added to its data")
         for index, slot in enumerate(obj.material_slots):
             old = slot.material if slot.link == "OBJECT" else None

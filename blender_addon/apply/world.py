@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal, cast
 
 import bpy
 
@@ -37,7 +38,8 @@ ASPECT_TOLERANCE = 0.01  # relative; a 2:1 image that lost a pixel to rounding s
 BACKDROP_MARGIN = 0.01  # default distance: this fraction inside the camera's clip end
 NODE = "genart "  # prefix of the nodes this module adds to a World's tree
 MIX = NODE + "camera mix"
-LIGHTING_TARGETS = ("CYCLES", "EEVEE")  # get_output_node targets; "ALL" outputs match both
+# get_output_node targets; "ALL" outputs match both
+LIGHTING_TARGETS: tuple[Literal["CYCLES", "EEVEE"], ...] = ("CYCLES", "EEVEE")
 SHADOWLESS = (  # Object ray visibility this module turns off for a backdrop
     "visible_diffuse",
     "visible_glossy",
@@ -71,31 +73,45 @@ def _uses_nodes(world: bpy.types.World) -> bool:
         return bool(world.use_nodes)
 
 
-def _fresh_tree(world: bpy.types.World) -> bpy.types.NodeTree:
+def _node_tree(world: bpy.types.World) -> bpy.types.ShaderNodeTree:
+    tree = world.node_tree
+    assert tree is not None, world.name  # the callers made sure it uses nodes
+    return tree
+
+
+def _fresh_tree(world: bpy.types.World) -> bpy.types.ShaderNodeTree:
     """The World's node tree, switched on and emptied (4.5 creates Worlds without one)."""
     if not _uses_nodes(world):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             world.use_nodes = True
-    tree = world.node_tree
+    tree = _node_tree(world)  # switching nodes on made it
     tree.nodes.clear()
     return tree
 
 
-def _node(tree: bpy.types.NodeTree, kind: str, name: str, x: float, y: float) -> bpy.types.Node:
+def _node(
+    tree: bpy.types.ShaderNodeTree, kind: str, name: str, x: float, y: float
+) -> bpy.types.Node:
     node = tree.nodes.new(kind)
     node.name = node.label = NODE + name
     node.location = (x, y)
     return node
 
 
+def _colour(background: bpy.types.Node) -> bpy.types.bpy_prop_array[float]:
+    """A Background node's Color input value (RGBA)."""
+    return cast(bpy.types.NodeSocketColor, background.inputs["Color"]).default_value
+
+
 def _panorama_nodes(
-    tree: bpy.types.NodeTree, image: bpy.types.Image, x: float, y: float
+    tree: bpy.types.ShaderNodeTree, image: bpy.types.Image, x: float, y: float
 ) -> bpy.types.NodeSocket:
     """Environment Texture (equirectangular) -> Background; returns the Background output."""
     tex = _node(tree, "ShaderNodeTexEnvironment", "panorama", x - 300, y)
-    tex.image = image
-    tex.projection = "EQUIRECTANGULAR"
+    env = cast(bpy.types.ShaderNodeTexEnvironment, tex)  # what that idname makes
+    env.image = image
+    env.projection = "EQUIRECTANGULAR"
     background = _node(tree, "ShaderNodeBackground", "background", x, y)
     tree.links.new(tex.outputs["Color"], background.inputs["Color"])
     return background.outputs["Background"]
@@ -108,7 +124,7 @@ def _user_world(world: bpy.types.World | None) -> bpy.types.World | None:
     return world
 
 
-def _lighting_outputs(tree: bpy.types.NodeTree) -> list[bpy.types.Node]:
+def _lighting_outputs(tree: bpy.types.ShaderNodeTree) -> list[bpy.types.Node]:
     """The World Output nodes the render engines use (one each at most, often the same)."""
     found: list[bpy.types.Node] = []
     for target in LIGHTING_TARGETS:
@@ -119,7 +135,7 @@ def _lighting_outputs(tree: bpy.types.NodeTree) -> list[bpy.types.Node]:
 
 
 def _surface_source(
-    tree: bpy.types.NodeTree, output: bpy.types.Node
+    tree: bpy.types.ShaderNodeTree, output: bpy.types.Node
 ) -> bpy.types.NodeSocket | None:
     """What feeds the output's Surface, looking through a camera mix this module added
     earlier (its lighting input), so applying twice does not stack mixes."""
@@ -127,6 +143,8 @@ def _surface_source(
     if not links:
         return None
     source = links[0].from_socket
+    # A link always joins sockets of two nodes; the stubs type both Optional.
+    assert source is not None and source.node is not None
     if source.node.name.startswith(MIX):
         lighting = source.node.inputs[1].links
         return lighting[0].from_socket if lighting else None
@@ -139,9 +157,12 @@ def _upstream(sockets: list[bpy.types.NodeSocket | None]) -> set[str]:
     todo = [s.node for s in sockets if s is not None]
     while todo:
         node = todo.pop()
+        # Sockets and links always belong to nodes, and a socket always has its (maybe
+        # empty) links; the stubs type all three Optional.
+        assert node is not None
         if node.name not in seen:
             seen.add(node.name)
-            todo.extend(link.from_node for i in node.inputs for link in i.links)
+            todo.extend(link.from_node for i in node.inputs for link in i.links or ())
     return seen
 
 
@@ -154,26 +175,28 @@ def _camera_only_world(
         world = bpy.data.worlds.new(name)
         tree = _fresh_tree(world)
         grey = _node(tree, "ShaderNodeBackground", "default lighting", -300, 0)
-        grey.inputs["Color"].default_value[:3] = world.color  # the new World's default
+        _colour(grey)[:3] = world.color[:]  # the new World's default
         output = tree.nodes.new("ShaderNodeOutputWorld")
-        sources = {output: grey.outputs["Background"]}
+        sources: dict[bpy.types.Node, bpy.types.NodeSocket | None] = {
+            output: grey.outputs["Background"]
+        }
     elif not _uses_nodes(previous):  # 4.5: a World with nodes off lights with its colour
         world = previous.copy()
         world.name = name
         tree = _fresh_tree(world)
         flat = _node(tree, "ShaderNodeBackground", "world colour", -300, 0)
-        flat.inputs["Color"].default_value[:3] = previous.color
+        _colour(flat)[:3] = previous.color[:]
         output = tree.nodes.new("ShaderNodeOutputWorld")
         sources = {output: flat.outputs["Background"]}
     else:
         world = previous.copy()  # copies the embedded node tree; node groups stay shared
         world.name = name
-        tree = world.node_tree
+        tree = _node_tree(world)
         outputs = _lighting_outputs(tree) or [tree.nodes.new("ShaderNodeOutputWorld")]
         sources = {out: _surface_source(tree, out) for out in outputs}
-        lighting = _upstream(list(sources.values()))  # may hold an earlier panorama's nodes
+        upstream = _upstream(list(sources.values()))  # may hold an earlier panorama's nodes
         for node in [n for n in tree.nodes if n.name.startswith(NODE)]:
-            if node.name not in lighting:
+            if node.name not in upstream:
                 tree.nodes.remove(node)  # an earlier camera mix and what only it used
     left = min((n.location.x for n in tree.nodes), default=0.0)
     bottom = min((n.location.y for n in tree.nodes), default=0.0)
@@ -181,7 +204,7 @@ def _camera_only_world(
     ray = _node(tree, "ShaderNodeLightPath", "camera ray", left - 200, bottom + 100)
     for i, (output, lighting) in enumerate(sources.items()):
         suffix = f" {i}" if i else ""
-        x, y = output.location
+        x, y = output.location.x, output.location.y
         mix = _node(tree, "ShaderNodeMixShader", "camera mix" + suffix, x - 200, y)
         tree.links.new(ray.outputs["Is Camera Ray"], mix.inputs[0])  # "Fac"; 5.0: "Factor"
         if lighting is not None:
@@ -218,8 +241,8 @@ def apply_panorama(
     user_world = _user_world(previous)
     if user_world is not None:
         world[PREVIOUS] = user_world
-    elif PREVIOUS in world:  # copied from a genart World that had none
-        del world[PREVIOUS]
+    else:  # drop one copied from a genart World that had none
+        world.pop(PREVIOUS, None)
     scene.world = world
     return world
 
@@ -229,8 +252,10 @@ def _frame_corners(
 ) -> list[tuple[float, float, float]]:
     """The camera frame's corners at planar depth `distance`, in camera space (top right,
     bottom right, bottom left, top left, as `Camera.view_frame` gives them)."""
-    corners = camera.data.view_frame(scene=scene)  # sensor fit, shift, aspect applied
-    if camera.data.type == "ORTHO":
+    data = camera.data
+    assert isinstance(data, bpy.types.Camera)  # apply_backdrop checked camera.type
+    corners = data.view_frame(scene=scene)  # sensor fit, shift, aspect applied
+    if data.type == "ORTHO":
         return [(c.x, c.y, -distance) for c in corners]
     return [(c.x * distance / -c.z, c.y * distance / -c.z, -distance) for c in corners]
 
@@ -242,13 +267,15 @@ def _backdrop_material(image: bpy.types.Image, title: str) -> bpy.types.Material
             warnings.simplefilter("ignore", DeprecationWarning)
             material.use_nodes = True
     tree = material.node_tree
+    assert tree is not None  # switching nodes on made it
     tree.nodes.clear()
     tex = tree.nodes.new("ShaderNodeTexImage")
-    tex.image = image
-    tex.extension = "EXTEND"  # the frame's edges show the picture's edges, not the far side
+    texture = cast(bpy.types.ShaderNodeTexImage, tex)  # what that idname makes
+    texture.image = image
+    texture.extension = "EXTEND"  # the frame's edges show the picture's edges, not the far side
     tex.location = (-300, 0)
     emission = tree.nodes.new("ShaderNodeEmission")
-    emission.inputs["Strength"].default_value = 1.0
+    cast(bpy.types.NodeSocketFloat, emission.inputs["Strength"]).default_value = 1.0
     output = tree.nodes.new("ShaderNodeOutputMaterial")
     output.location = (200, 0)
     tree.links.new(tex.outputs["Color"], emission.inputs["Color"])
@@ -271,6 +298,7 @@ def apply_backdrop(
     if not isinstance(camera, bpy.types.Object) or camera.type != "CAMERA":
         raise ApplyError("a backdrop needs a camera object: set the scene's camera", "camera")
     data = camera.data
+    assert isinstance(data, bpy.types.Camera)  # camera.type == "CAMERA", checked above
     if data.type not in ("PERSP", "ORTHO"):
         raise ApplyError(
             f"camera '{camera.name}' is {data.type}: a backdrop needs a perspective or "

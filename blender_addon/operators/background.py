@@ -21,6 +21,7 @@ class Background(Action):
             filled = {"width": 2 * op.size, "height": op.size, "panorama": True, **NO_CONTROL}
         else:
             scene = context.scene
+            assert scene is not None  # operators run with a scene; the stubs type it Optional
             if scene.camera is None:
                 raise ActionError("a camera backdrop needs an active camera")
             r = scene.render
@@ -42,6 +43,7 @@ class Background(Action):
         from ..apply import world
 
         scene = context.scene
+        assert scene is not None  # operators run with a scene; the stubs type it Optional
         if op.kind == "WORLD":
             image = images.store_image(f"{scene.name} panorama", pixels, recipe)
             new = world.apply_panorama(
@@ -51,15 +53,12 @@ class Background(Action):
             return Outcome(
                 f"New World {new.name} with {image.name}{seen}", {"images": [image.name]}
             )
-        if scene.camera is None:
+        camera = scene.camera
+        if camera is None:
             raise ActionError("the scene lost its camera while generating")
-        image = images.store_image(f"{scene.camera.name} backdrop", pixels, recipe)
-        plane = world.apply_backdrop(
-            scene, scene.camera, image, name=f"{scene.camera.name} backdrop"
-        )
-        return Outcome(
-            f"Backdrop {plane.name} behind {scene.camera.name}", {"images": [image.name]}
-        )
+        image = images.store_image(f"{camera.name} backdrop", pixels, recipe)
+        plane = world.apply_backdrop(scene, camera, image, name=f"{camera.name} backdrop")
+        return Outcome(f"Backdrop {plane.name} behind {camera.name}", {"images": [image.name]})
 
 
 class GENART_OT_background(GenerateOperator, bpy.types.Operator):

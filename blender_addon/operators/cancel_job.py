@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 
 from .. import runtime
+from ..optypes import OperatorResult
 
 
 class GENART_OT_cancel_job(bpy.types.Operator):
@@ -16,7 +17,7 @@ class GENART_OT_cancel_job(bpy.types.Operator):
 
     job: bpy.props.StringProperty(name="Job")  # type: ignore[valid-type]
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
         jobs = runtime.session().jobs
         job = next((j for j in jobs.active() if j.id == self.job), None)
         if job is None:

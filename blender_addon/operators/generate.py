@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import bpy
 import numpy as np
@@ -29,6 +29,7 @@ from .. import runtime
 from .._vendor.genart_protocol import Attachment, GenartError
 from ..client import jobs as J
 from ..client.session import READY
+from ..optypes import OperatorFlag, OperatorResult, ReportKind
 
 # Actions without a control image clear the control models the user chose for Texture
 # from camera (an engine's parameters are shared by its tasks); engines without such
@@ -88,11 +89,11 @@ class Action:
 
 
 def apply_errors() -> tuple[type[Exception], ...]:
-    """The typed errors the apply steps raise (each says what to change)."""
+    """The typed errors reading and applying a result raise (each says what to change)."""
     from .. import images, projection
     from ..apply import ApplyError
 
-    return (ApplyError, projection.ProjectionError, images.ImageStoreError)
+    return (ActionError, ApplyError, projection.ProjectionError, images.ImageStoreError)
 
 
 def result_pixels(job: J.Job) -> np.ndarray:
@@ -122,6 +123,10 @@ def recipe_for(
     """Everything needed to make the picture again (stored on the image and in its PNG)."""
     params = dict(job.params)
     model = str(params.get("model", ""))
+    scene = context.scene
+    assert scene is not None  # operators run with a scene; the stubs type it Optional
+    view_settings = scene.view_settings
+    assert view_settings is not None  # never None in Blender; the stubs type it Optional
     session = runtime.session()
     sha = next(
         (m.get("sha256") for m in session.models or [] if model and model in (m["id"], m["path"])),
@@ -142,7 +147,7 @@ def recipe_for(
         "params": params,
         "model": model,
         "model_sha256": sha,
-        "view_transform": context.scene.view_settings.view_transform,
+        "view_transform": view_settings.view_transform,
         "blender": bpy.app.version_string,
         "warnings": list(job.warnings),
         "options": dict(options or {}),
@@ -159,14 +164,17 @@ def _show_preview(job: J.Job) -> None:
     if att is None or att.shape is None or att.dtype != "uint8" or len(att.shape) != 3:
         return
     h, w, c = att.shape
-    img = bpy.data.images.get(PREVIEW_IMAGE)
+    # Typed by hand: the stubs' bpy_prop_collection.get returns only its default's type.
+    img: bpy.types.Image | None = bpy.data.images.get(PREVIEW_IMAGE)
     if img is None or tuple(img.size) != (w, h):
         if img is not None:
             bpy.data.images.remove(img)
         img = bpy.data.images.new(PREVIEW_IMAGE, w, h, alpha=True)
     rgba = np.ones((h, w, 4), np.float32)
     rgba[..., : min(c, 4)] = np.frombuffer(att.data, np.uint8).reshape(h, w, c)[..., :4] / 255.0
-    img.pixels.foreach_set(rgba[::-1].ravel())  # Blender rows go bottom-up
+    # The stubs type Image.pixels as one float; it is the image's array of floats.
+    pixels = cast("bpy.types.bpy_prop_array[float]", img.pixels)
+    pixels.foreach_set(rgba[::-1].ravel())  # Blender rows go bottom-up
     img.update()
 
 
@@ -174,11 +182,15 @@ class GenerateOperator:
     """Mixin for `bpy.types.Operator` subclasses: set `action` (an Action instance)."""
 
     action: Action
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options: set[OperatorFlag] = {"REGISTER", "UNDO"}
 
     _job: J.Job | None
     _prepared: Prepared | None
     _timer: Any
+
+    if TYPE_CHECKING:
+        # bpy.types.Operator's, which the class this is mixed into provides.
+        def report(self, type: set[ReportKind] | None, message: str) -> None: ...
 
     # -- helpers -----------------------------------------------------------------------
     def _ensure_ready(self, blocking: bool) -> str | None:
@@ -232,13 +244,13 @@ class GenerateOperator:
             return None
         from .. import images
 
-        image = bpy.data.images.get(name)
+        image: bpy.types.Image | None = bpy.data.images.get(name)  # typed: see _show_preview
         recipe = images.recipe_of(image) if image is not None else None
         if not recipe or recipe.get("action") != self.action.name or "params" not in recipe:
             raise ActionError(f"image {name!r} holds no genart {self.action.label} recipe")
         return recipe
 
-    def _finish(self, context: bpy.types.Context, job: J.Job) -> set[str]:
+    def _finish(self, context: bpy.types.Context, job: J.Job) -> OperatorResult:
         """Apply a finished job (main thread, inside the operator: one undo step)."""
         if job.state == J.CANCELLED:
             self.report({"WARNING"}, f"{self.action.label}: cancelled; the scene is unchanged")
@@ -251,7 +263,7 @@ class GenerateOperator:
             pixels = result_pixels(job)
             recipe = recipe_for(context, self.action, job, operator_options(self))
             outcome = self.action.apply(context, self, self._prepared, pixels, recipe)
-        except (ActionError, *apply_errors()) as exc:
+        except apply_errors() as exc:
             field_ = getattr(exc, "field", None)
             hint = f" (fix {field_})" if field_ and field_ not in str(exc) else ""
             self.report({"ERROR"}, f"{self.action.label}: {exc}{hint}")
@@ -262,7 +274,7 @@ class GenerateOperator:
         self.outcome = outcome
         return {"FINISHED"}
 
-    def _fail_early(self, exc: BaseException) -> set[str]:
+    def _fail_early(self, exc: BaseException) -> OperatorResult:
         if isinstance(exc, GenartError):
             message, _ = J.error_text(exc)
         else:
@@ -271,7 +283,7 @@ class GenerateOperator:
         return {"CANCELLED"}
 
     # -- blocking (blender -b, scripts) ------------------------------------------------
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
         why = self._ensure_ready(blocking=True)
         if why is not None:
             self.report({"ERROR"}, f"{self.action.label}: {why}")
@@ -292,7 +304,7 @@ class GenerateOperator:
         return self._finish(context, job)
 
     # -- the UI: non-blocking -----------------------------------------------------------
-    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> OperatorResult:
         if bpy.app.background:
             return self.execute(context)
         why = self._ensure_ready(blocking=False)
@@ -303,19 +315,20 @@ class GenerateOperator:
             self._job = self._submit(context)
         except (ActionError, GenartError) as exc:
             return self._fail_early(exc)
-        wm = context.window_manager
+        wm = _window_manager(context)
         self._timer = wm.event_timer_add(TIMER_SECONDS, window=context.window)
         wm.progress_begin(0, 100)
+        assert isinstance(self, bpy.types.Operator)  # what this class is mixed into
         wm.modal_handler_add(self)
-        context.workspace.status_text_set(f"genart: {self.action.label}... (Esc cancels)")
+        _workspace(context).status_text_set(f"genart: {self.action.label}... (Esc cancels)")
         return {"RUNNING_MODAL"}
 
-    def modal(self, context: bpy.types.Context, event: Any) -> set[str]:
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> OperatorResult:
         job = self._job
         assert job is not None
         if event.type == "ESC" and event.value == "PRESS":
             runtime.session().jobs.cancel(job)
-            context.workspace.status_text_set("genart: cancelling...")
+            _workspace(context).status_text_set("genart: cancelling...")
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
@@ -323,25 +336,40 @@ class GenerateOperator:
         runtime.session().tick()
         if job.preview_count != seen:
             _show_preview(job)
-        context.window_manager.progress_update(int(job.fraction * 100))
-        context.workspace.status_text_set(_progress_line(self.action, job) + " (Esc cancels)")
+        _window_manager(context).progress_update(int(job.fraction * 100))
+        _workspace(context).status_text_set(_progress_line(self.action, job) + " (Esc cancels)")
         if not job.finished:
             return {"RUNNING_MODAL"}
         self._cleanup(context)
         return self._finish(context, job)
 
     def cancel(self, context: bpy.types.Context) -> None:
-        if getattr(self, "_job", None) is not None:
-            runtime.session().jobs.cancel(self._job)
+        job = getattr(self, "_job", None)
+        if job is not None:
+            runtime.session().jobs.cancel(job)
         self._cleanup(context)
 
     def _cleanup(self, context: bpy.types.Context) -> None:
-        wm = context.window_manager
+        wm = _window_manager(context)
         if getattr(self, "_timer", None) is not None:
             wm.event_timer_remove(self._timer)
             self._timer = None
         wm.progress_end()
-        context.workspace.status_text_set(None)
+        _workspace(context).status_text_set(None)
+
+
+# The UI path (invoke, modal, cancel) runs in a window, so Blender sets both of these; the
+# stubs type them Optional.
+def _window_manager(context: bpy.types.Context) -> bpy.types.WindowManager:
+    wm = context.window_manager
+    assert wm is not None
+    return wm
+
+
+def _workspace(context: bpy.types.Context) -> bpy.types.WorkSpace:
+    workspace = context.workspace
+    assert workspace is not None
+    return workspace
 
 
 def scene_output_dir(context: bpy.types.Context, kind: str) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bpy
 
+from ..optypes import OperatorResult
+
 OPERATORS = {  # recipe "action" -> operator id
     "texture_from_camera": "texture_from_camera",
     "tileable": "tileable",
@@ -21,19 +23,21 @@ class GENART_OT_regenerate(bpy.types.Operator):
 
     image: bpy.props.StringProperty(name="Image")  # type: ignore[valid-type]
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
         from .. import images
 
-        img = bpy.data.images.get(self.image)
+        # Typed by hand: the stubs' bpy_prop_collection.get returns only its default's type.
+        img: bpy.types.Image | None = bpy.data.images.get(self.image)
         recipe = images.recipe_of(img) if img is not None else None
-        if not recipe:
+        if img is None or not recipe:
             self.report({"ERROR"}, f"image {self.image!r} has no genart recipe")
             return {"CANCELLED"}
         op_id = OPERATORS.get(str(recipe.get("action")))
         if op_id is None:
             self.report({"ERROR"}, f"unknown genart action {recipe.get('action')!r} in the recipe")
             return {"CANCELLED"}
-        op = getattr(bpy.ops.genart, op_id)
+        # bpy.ops.genart holds our operators, registered at run time: the stubs lack it.
+        op = getattr(bpy.ops.genart, op_id)  # type: ignore[attr-defined]
         mode = "EXEC_DEFAULT" if bpy.app.background else "INVOKE_DEFAULT"
         options = recipe.get("options") or {}
         return op(mode, recipe_image=img.name, **options)

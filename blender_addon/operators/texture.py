@@ -13,7 +13,9 @@ from .._vendor.genart_protocol import Attachment
 from .generate import Action, ActionError, GenerateOperator, Outcome, Prepared, scene_output_dir
 
 
-def fit_long_side(width: int, height: int, long_side: int, multiple: int = 8) -> tuple[int, int]:
+def fit_long_side(
+    width: float, height: float, long_side: int, multiple: int = 8
+) -> tuple[int, int]:
     """(w, h) with the aspect of width×height, the longer side `long_side`, both multiples."""
     scale = long_side / max(width, height)
     w = max(multiple, round(width * scale / multiple) * multiple)
@@ -27,6 +29,7 @@ class TextureFromCamera(Action):
 
     def prepare(self, context: bpy.types.Context, op: Any) -> Prepared:
         scene = context.scene
+        assert scene is not None  # operators run with a scene; the stubs type it Optional
         objects = [o for o in context.selected_objects if o.type == "MESH"]
         if not objects:
             raise ActionError("select the mesh objects to texture (others are ignored)")
@@ -45,10 +48,12 @@ class TextureFromCamera(Action):
                 height=h,
                 passes=("depth", "normal", "object_index"),
             )
-            depth = capture.read_pass(cap.passes_path, "Depth")
+            passes_path = cap.passes_path
+            assert passes_path is not None  # set when passes are asked for
+            depth = capture.read_pass(passes_path, "Depth")
         except capture.CaptureError as exc:
             raise ActionError(str(exc)) from None
-        inputs = {"passes": Attachment.blob("passes", cap.passes_path.read_bytes(), "exr")}
+        inputs = {"passes": Attachment.blob("passes", passes_path.read_bytes(), "exr")}
         if op.use_render:
             inputs["image"] = Attachment.blob("image", cap.color_path.read_bytes(), "png")
         keep = {"capture": cap, "depth": depth, "objects": [o.name for o in objects]}
@@ -60,12 +65,14 @@ class TextureFromCamera(Action):
         else say what to set (before anything renders)."""
         from .. import bridge, properties
 
-        name = properties.chosen_engine(scene.genart, "control")
+        # scene.genart is registered at run time (properties.register): the stubs lack it.
+        settings = scene.genart  # type: ignore[attr-defined]
+        name = properties.chosen_engine(settings, "control")
         spec = properties.engine_spec(name)
         if name is None or spec is None:
             return  # the bridge reports a missing engine with its own message
         caps = {
-            c.key: c for c in bridge.capabilities(spec, properties.engine_group(scene.genart, name))
+            c.key: c for c in bridge.capabilities(spec, properties.engine_group(settings, name))
         }
         wanted = [caps[k] for k in ("depth_control", "normal_control") if k in caps]
         if not any(c.available for c in wanted):
@@ -86,17 +93,19 @@ class TextureFromCamera(Action):
         from .. import images, projection
 
         cap: capture.Capture = prepared.keep["capture"]
-        objects = [bpy.data.objects.get(n) for n in prepared.keep["objects"]]
-        objects = [o for o in objects if o is not None]
+        found: list[bpy.types.Object | None] = [
+            bpy.data.objects.get(n) for n in prepared.keep["objects"]
+        ]
+        objects = [o for o in found if o is not None]
         if not objects:
             raise ActionError("the objects to texture were deleted while generating")
         recipe = {**recipe, "near": cap.near, "far": cap.far, "camera": list(cap.camera_matrix)}
         name = f"{objects[0].name} from camera"
         image = images.store_image(name, pixels, recipe)
         depth_image = images.store_float_image(f"{name} depth", prepared.keep["depth"])
-        result = projection.apply_projection(
-            context.scene, objects, cap, image, depth_image, name=name
-        )
+        scene = context.scene
+        assert scene is not None  # operators run with a scene; the stubs type it Optional
+        result = projection.apply_projection(scene, objects, cap, image, depth_image, name=name)
         notes = "; ".join(getattr(result, "notes", ()) or ())
         done = len(objects) - len(getattr(result, "skipped", ()) or ())
         message = f"Textured {done} object(s) from the camera into {image.name}"

@@ -33,8 +33,10 @@ class Tileable(Action):
         from .. import images
         from ..apply import tileable
 
-        objects = [bpy.data.objects.get(n) for n in prepared.keep["objects"]]
-        objects = [o for o in objects if o is not None]
+        found: list[bpy.types.Object | None] = [
+            bpy.data.objects.get(n) for n in prepared.keep["objects"]
+        ]
+        objects = [o for o in found if o is not None]
         if not objects:
             raise ActionError("the objects were deleted while generating")
         name = f"{objects[0].name} tileable"

@@ -13,8 +13,9 @@ import bpy
 
 from .. import bridge, properties, runtime
 from ..client.session import READY
+from ..optypes import Icon
 
-ICONS = {"ready": "CHECKMARK", "dead": "ERROR", "restarting": "FILE_REFRESH"}
+ICONS: dict[str, Icon] = {"ready": "CHECKMARK", "dead": "ERROR", "restarting": "FILE_REFRESH"}
 
 
 def sidecar_state_text(context: bpy.types.Context) -> str:
@@ -29,8 +30,9 @@ class VIEW3D_PT_genart(bpy.types.Panel):
     bl_category = "genart"
 
     def draw(self, context: bpy.types.Context) -> None:
+        layout = _layout(self)
         session = runtime.session()
-        col = self.layout.column()
+        col = layout.column()
         col.label(
             text=f"Sidecar: {sidecar_state_text(context)}", icon=ICONS.get(session.state, "NONE")
         )
@@ -39,17 +41,24 @@ class VIEW3D_PT_genart(bpy.types.Panel):
             if session.models_text:
                 col.label(text=session.models_text, icon="FILE_3D")
         col.operator("genart.check_sidecar", icon="PLUGIN")
-        actions = self.layout.column(align=True)
+        actions = layout.column(align=True)
         actions.operator("genart.texture_from_camera", icon="TEXTURE")
         actions.operator("genart.tileable", icon="TEXTURE_DATA")
         actions.operator("genart.background", icon="WORLD")
         for job in session.jobs.active():
-            box = self.layout.box()
+            box = layout.box()
             row = box.row()
             row.label(text=f"{job.label}: {job.text}", icon="TIME")
             if job.id is not None:
                 row.operator("genart.cancel_job", text="", icon="CANCEL").job = job.id
             box.progress(factor=job.fraction, text=f"{job.fraction * 100:.0f}%")
+
+
+def _layout(panel: bpy.types.Panel) -> bpy.types.UILayout:
+    """The panel's layout: set while Blender draws it (the stubs type it Optional)."""
+    layout = panel.layout
+    assert layout is not None
+    return layout
 
 
 def draw_task(layout: bpy.types.UILayout, settings: Any, task: str) -> None:
@@ -103,7 +112,7 @@ class VIEW3D_PT_genart_engines(bpy.types.Panel):
     bl_category = "genart"
 
     def draw(self, context: bpy.types.Context) -> None:
-        layout = self.layout
+        layout = _layout(self)
         settings = getattr(context.scene, "genart", None)
         if settings is None:
             return
@@ -132,10 +141,14 @@ class IMAGE_PT_genart_recipe(bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         from .. import images
 
-        image = context.space_data.image
+        space = context.space_data
+        assert isinstance(space, bpy.types.SpaceImageEditor)  # bl_space_type
+        image = space.image
+        assert image is not None  # poll checked it
         recipe = images.recipe_of(image) or {}
         params = recipe.get("params") or {}
-        col = self.layout.column(align=True)
+        layout = _layout(self)
+        col = layout.column(align=True)
         for label, value in (
             ("Action", recipe.get("action")),
             ("Engine", recipe.get("engine")),
@@ -148,4 +161,4 @@ class IMAGE_PT_genart_recipe(bpy.types.Panel):
         ):
             if value not in (None, ""):
                 col.label(text=f"{label}: {value}")
-        self.layout.operator("genart.regenerate", icon="FILE_REFRESH").image = image.name
+        layout.operator("genart.regenerate", icon="FILE_REFRESH").image = image.name
