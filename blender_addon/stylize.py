@@ -35,7 +35,7 @@ FRAME_DIGITS = 4
 def resolve_prompt(scene: bpy.types.Scene, frame: int, default: str) -> str:
     """The prompt at `frame`: the latest schedule entry or `prompt:` marker at or before
     it (an entry wins over a marker on the same frame), else `default`."""
-    settings = scene.genart
+    settings = scene.genart  # type: ignore[attr-defined]
     keys: list[tuple[int, int, str]] = [
         (int(k.frame), 1, str(k.prompt)) for k in settings.prompt_schedule if k.prompt.strip()
     ]

@@ -278,9 +278,9 @@ class Jobs:
             for frame, fut in list(job._sent.items()):
                 if fut.done():
                     del job._sent[frame]
-                    exc = fut.exception()
-                    if exc is not None and not job.finished:  # refused: that frame fails
-                        job.frame_errors[frame] = error_text(exc)[0]
+                    refused = fut.exception()
+                    if refused is not None and not job.finished:  # that frame fails
+                        job.frame_errors[frame] = error_text(refused)[0]
                         job.frames_done += 1
                         self._notify(job)
             for frame, fut in list(job._fetches.items()):

@@ -21,7 +21,15 @@ import bpy
 from .. import capture, compat, runtime, stylize
 from .._vendor.genart_protocol import Attachment, GenartError
 from ..client import jobs as J
-from .generate import ActionError, GenerateOperator, recipe_for, result_pixels
+from ..optypes import OperatorResult
+from .generate import (
+    ActionError,
+    GenerateOperator,
+    _window_manager,
+    _workspace,
+    recipe_for,
+    result_pixels,
+)
 from .texture import fit_long_side
 
 TASK = "sequence"
@@ -113,6 +121,7 @@ class StylizeRun:
         version = _engine_version(self.engine)
         for f in self.rendered:
             f.params.update(near=near, far=far)
+            assert f.capture.passes_path is not None  # PASSES were asked for
             f.inputs_hash = stylize.pixels_hash([f.capture.color_path, f.capture.passes_path])
             model_sha = _model_sha(str(f.params.get("model", "")))
             f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, f.params)
@@ -131,6 +140,7 @@ class StylizeRun:
         for i, f in enumerate(needed):
             self.index[i] = f
             overrides = {k: v for k, v in f.params.items() if base.get(k) != v}
+            assert f.capture.passes_path is not None
             inputs = {
                 "image": Attachment.blob("image", f.capture.color_path.read_bytes(), "png"),
                 "passes": Attachment.blob("passes", f.capture.passes_path.read_bytes(), "exr"),
@@ -186,8 +196,8 @@ _ACTION: Any = _StylizeAction()
 def _engine_prompt(scene: bpy.types.Scene) -> str:
     from .. import properties
 
-    name = properties.chosen_engine(scene.genart, TASK)
-    group = properties.engine_group(scene.genart, name)
+    name = properties.chosen_engine(scene.genart, TASK)  # type: ignore[attr-defined]
+    group = properties.engine_group(scene.genart, name)  # type: ignore[attr-defined]
     return str(getattr(group, "prompt", "") or "") if group is not None else ""
 
 
@@ -260,7 +270,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
     mp4: bpy.props.BoolProperty(name="MP4", default=False, description="Also encode an MP4")  # type: ignore[valid-type]
 
     def _start(self, context: bpy.types.Context) -> StylizeRun:
-        scene = context.scene
+        scene = _scene(context)
         if scene.camera is None:
             raise ActionError("the scene has no active camera")
         start = self.frame_start or scene.frame_start
@@ -288,12 +298,12 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             client.request("unload", {"mode": "offload"})
         return run
 
-    def execute(self, context: bpy.types.Context) -> set[str]:
+    def execute(self, context: bpy.types.Context) -> OperatorResult:
         why = self._ensure_ready(blocking=True)
         if why is not None:
             self.report({"ERROR"}, f"{self.bl_label}: {why}")
             return {"CANCELLED"}
-        scene = context.scene
+        scene = _scene(context)
         frame0 = scene.frame_current
         options = _options(self)
         try:
@@ -340,7 +350,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
         )
 
     # UI: render one frame per timer tick, then follow the job (Esc cancels it).
-    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> OperatorResult:
         if bpy.app.background:
             return self.execute(context)
         why = self._ensure_ready(blocking=False)
@@ -351,37 +361,37 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             self._run = self._start(context)
         except (ActionError, GenartError, OSError) as exc:
             return self._fail_early(exc)
-        self._frame0 = context.scene.frame_current
+        self._frame0 = _scene(context).frame_current
         self._job = None
-        wm = context.window_manager
+        wm = _window_manager(context)
         self._timer = wm.event_timer_add(0.05, window=context.window)
         wm.progress_begin(0, 100)
         wm.modal_handler_add(self)
         return {"RUNNING_MODAL"}
 
-    def modal(self, context: bpy.types.Context, event: Any) -> set[str]:
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> OperatorResult:
         run: StylizeRun = self._run
         if event.type == "ESC" and event.value == "PRESS":
             if self._job is None:
                 self._cleanup(context)
-                context.scene.frame_set(self._frame0)
+                _scene(context).frame_set(self._frame0)
                 self.report({"WARNING"}, "cancelled while rendering; nothing was sent")
                 return {"CANCELLED"}
             runtime.session().jobs.cancel(self._job)
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        wm = context.window_manager
+        wm = _window_manager(context)
         try:
             if self._job is None:
                 done = run.render_next()
                 wm.progress_update(int(40 * len(run.rendered) / len(run.frames)))
-                context.workspace.status_text_set(
+                _workspace(context).status_text_set(
                     f"genart: rendering frame {len(run.rendered)}/{len(run.frames)} (Esc cancels)"
                 )
                 if not done:
                     return {"RUNNING_MODAL"}
-                context.scene.frame_set(self._frame0)
+                _scene(context).frame_set(self._frame0)
                 self._job = run.submit()
                 if self._job is None:
                     return self._done(context, run)
@@ -390,7 +400,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             run.collect(context, _options(self))
             job = self._job
             wm.progress_update(40 + int(60 * job.fraction))
-            context.workspace.status_text_set(f"genart: stylize: {job.text} (Esc cancels)")
+            _workspace(context).status_text_set(f"genart: stylize: {job.text} (Esc cancels)")
             if not job.finished:
                 return {"RUNNING_MODAL"}
             if job.state == J.CANCELLED:
@@ -402,14 +412,20 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             return self._done(context, run)
         except (ActionError, GenartError, OSError) as exc:
             self._cleanup(context)
-            context.scene.frame_set(self._frame0)
+            _scene(context).frame_set(self._frame0)
             return self._fail_early(exc)
 
-    def _done(self, context: bpy.types.Context, run: StylizeRun) -> set[str]:
+    def _done(self, context: bpy.types.Context, run: StylizeRun) -> OperatorResult:
         self._cleanup(context)
         strip, movie = run.finish(self.mp4)
         self.report_done(run, strip, movie)
         return {"FINISHED"}
+
+
+def _scene(context: bpy.types.Context) -> bpy.types.Scene:
+    scene = context.scene
+    assert scene is not None  # operators run with a scene; the stubs type it Optional
+    return scene
 
 
 def _options(op: Any) -> dict[str, Any]:
