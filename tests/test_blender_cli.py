@@ -240,8 +240,8 @@ def test_a_worker_launches_its_own_sidecar_for_the_check_and_it_exits_with_blend
 ) -> None:
     """One sidecar per farm worker: `--sidecar COMMAND` launches it on GENART_STATE_DIR with
     GENART_MODELS. Its engine worker is made slow to start here (a sitecustomize that sleeps
-    in the worker only), so the welcome comes before the engines: the command waits for them
-    and connects again."""
+    in the worker only), so the welcome comes before the engines: the session waits for them
+    and says hello again."""
     slow = tmp_path / "slow"
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(
@@ -262,7 +262,6 @@ def test_a_worker_launches_its_own_sidecar_for_the_check_and_it_exits_with_blend
     log = proc.stdout[-4000:] + proc.stderr[-3000:]
     assert proc.returncode == 0 and "genart: check: ok" in proc.stdout, log
     assert f"genart: sidecar: launching {command}" in proc.stdout, log
-    assert "genart: sidecar: waiting for its engines to load" in proc.stdout, log
     assert f"sd.model = {world['sd']}: present" in proc.stdout, log
     assert (state / "logs" / "worker.log").is_file()
     pid = int(re.search(r"Sidecar ready: .*, pid (\d+),", proc.stdout).group(1))  # type: ignore[union-attr]

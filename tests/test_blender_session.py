@@ -434,3 +434,31 @@ def test_a_sequence_streams_frames_in_and_results_out(sess: ModuleType, tmp_path
         assert job.frames_done == 4 and job.fraction == 1.0
     finally:
         s.stop()
+
+
+def test_a_welcome_before_the_engines_waits_for_them(sess: ModuleType, tmp_path: Path) -> None:
+    """The worker is slow to start (a sitecustomize sleeping in it only): the welcome comes
+    with engines_ready false and no engines; the session stays `starting`, pings, and says
+    hello again once they are ready, so whoever waits for `ready` gets the engines."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\nif '--server-pid' in sys.argv:\n    time.sleep(4)\n"
+    )
+    sc = SidecarProcess(tmp_path / "state", env={"PYTHONPATH": str(slow)}).start()
+    try:
+        s = sess.Session()  # default liveness: hello itself waits up to 2 s for the worker
+        s.start(settings(sess, "CONNECT", connection_file=str(sc.connection_file)))
+        seen = []
+        deadline = time.monotonic() + 60
+        while s.state not in (sess.READY, sess.DEAD) and time.monotonic() < deadline:
+            s.tick()
+            if not seen or seen[-1][0] != s.state:
+                seen.append((s.state, s.reason))
+            time.sleep(0.01)
+        assert s.state == sess.READY, seen
+        assert s.welcome["engines_ready"] is True and "fake" in s.engine_names()
+        assert all(st != sess.RESTARTING for st, _ in seen), seen  # waited, did not fail
+        s.stop()
+    finally:
+        sc.stop()

@@ -51,6 +51,8 @@ BACKOFF = (0.5, 1.0, 2.0, 4.0)  # seconds before restart n (the last one repeats
 MAX_RESTARTS = 5
 LAUNCH_TIMEOUT = 60.0  # seconds a launched sidecar has to write its connection file
 STABLE_AFTER = 60.0  # seconds ready after which the restart count starts again from 0
+ENGINES_POLL = 0.5  # seconds between pings while the sidecar's engines are starting
+ENGINES_TIMEOUT = 600.0  # seconds a welcomed sidecar may take to list its engines
 EXIT_LOCKED = 3  # sidecar/__main__.py: another sidecar holds the state dir
 CLIENT_NAME = "genart-blender"
 NOT_CONNECTED = "not connected"
@@ -97,6 +99,11 @@ class Session:
         self._next_attempt = 0.0
         self._ready_since = 0.0
         self._listeners: list[Callable[[Event], None]] = []
+        self._target: Path | ConnectionInfo | Address | None = None
+        self._token: str | None = None
+        self._engines_probe: Future[Any] | None = None
+        self._engines_since = 0.0
+        self._next_probe = 0.0
         self.jobs = Jobs(self)  # after _listeners: it listens to the session's events
         self._models: Future[Any] | None = None
         self.models: list[dict[str, Any]] | None = None  # the last `models` answer
@@ -330,7 +337,40 @@ class Session:
             )
         self._connect(Address("tcp", host=host, port=port), info.token)
 
+    def _await_engines(self) -> None:
+        """The sidecar's engine worker is still starting (its welcome said engines_ready:
+        false and listed none): ping every ENGINES_POLL s and, once ping says they are
+        ready, say hello again on a new connection, which lists them (protocol §3). The
+        session stays `starting` meanwhile, so `wait()` and operators wait for engines."""
+        assert self.client is not None
+        now = self._clock()
+        if self._engines_since == 0.0:
+            self._engines_since = now
+        if now - self._engines_since > ENGINES_TIMEOUT:
+            self._engines_since = 0.0
+            self._failed(f"the sidecar's engines did not start within {ENGINES_TIMEOUT:.0f} s")
+            return
+        probe = self._engines_probe
+        if probe is None:
+            if now >= self._next_probe:
+                self._engines_probe = self.client.request("ping")
+            return
+        if not probe.done():
+            return
+        self._engines_probe = None
+        self._next_probe = now + ENGINES_POLL
+        try:
+            ready = bool(probe.result().result.get("engines_ready"))
+        except (GenartError, OSError):
+            return  # a lost connection shows in the client's state
+        if ready and self._target is not None:
+            old, self.client = self.client, None
+            old.close()
+            self._engines_since = 0.0
+            self._connect(self._target, self._token)
+
     def _connect(self, target: Path | ConnectionInfo | Address, token: str | None) -> None:
+        self._target, self._token = target, token
         info = {"blender_addon": True, **self.client_info}
         self.client = ThreadedClient(
             target, token, client_name=CLIENT_NAME, client_info=info, **self.client_options
@@ -344,6 +384,9 @@ class Session:
                     callback(ev)
         cstate = self.client.state
         if cstate == "ready" and self.state == STARTING:
+            if not self.client.welcome.get("engines_ready", True):
+                self._await_engines()  # welcomed before the worker listed its engines
+                return
             self.state = READY
             self.reason = ""
             self._ready_since = self._clock()
