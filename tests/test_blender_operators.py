@@ -111,6 +111,7 @@ def test_errors_name_the_field_and_change_nothing(run: dict[str, Any]) -> None:
 
 def test_headless_progress_lines(run: dict[str, Any]) -> None:
     lines = [x for x in run["_log"].splitlines() if x.startswith("genart: texture from camera:")]
+    assert all(a != b for a, b in zip(lines, lines[1:], strict=False)), lines  # no repeats
     assert any("step 1/2" in x for x in lines) and any(x.endswith("done (100%)") for x in lines), (
         lines
     )

@@ -305,10 +305,10 @@ class Jobs:
     ) -> Job:
         """Blocks, ticking the session, until the job is finished (headless use)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        seen = (job.state, job.step, job.frame)
+        seen = (job.state, job.step, job.frame, job.frames_done)
         while not job.finished:
             self.session.tick()
-            now = (job.state, job.step, job.frame)
+            now = (job.state, job.step, job.frame, job.frames_done)
             if on_update is not None and now != seen:
                 on_update(job)
             seen = now
@@ -318,8 +318,8 @@ class Jobs:
                 self._fail(job, f"no result within {timeout:.0f} s")
             else:
                 time.sleep(interval)
-        if on_update is not None:
-            on_update(job)
+        if on_update is not None and (job.state, job.step, job.frame, job.frames_done) != seen:
+            on_update(job)  # the finished state, unless the loop just reported it
         return job
 
     # -- internals ---------------------------------------------------------------------

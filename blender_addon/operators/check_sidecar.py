@@ -86,5 +86,8 @@ class GENART_OT_check_sidecar(bpy.types.Operator):
                     session.models_error = f"models not listed within {MODELS_TIMEOUT:.0f} s"
                     break
                 time.sleep(0.02)
+        from .. import properties
+
+        properties.sync_engines(session.welcome)  # scripts can set engine values at once
         self.report({"INFO"}, check_text(session, pong_ms))
         return {"FINISHED"}

@@ -100,7 +100,8 @@ class TextureFromCamera(Action):
         if not objects:
             raise ActionError("the objects to texture were deleted while generating")
         recipe = {**recipe, "near": cap.near, "far": cap.far, "camera": list(cap.camera_matrix)}
-        name = f"{objects[0].name} from camera"
+        more = f" +{len(objects) - 1}" if len(objects) > 1 else ""
+        name = f"{objects[0].name}{more} from camera"
         image = images.store_image(name, pixels, recipe)
         depth_image = images.store_float_image(f"{name} depth", prepared.keep["depth"])
         scene = context.scene
