@@ -10,7 +10,7 @@ sidecar connection, no `bpy`) and `_vendor/genart_protocol` (a build-generated c
 
 import bpy
 
-from . import cli, images, operators, preferences, properties, runtime, ui
+from . import cli, images, operators, preferences, properties, render_hook, runtime, ui
 
 CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *ui.CLASSES)
 
@@ -21,11 +21,13 @@ def register() -> None:
     properties.register()
     images.register()
     runtime.register()
+    render_hook.register()
     cli.register()
 
 
 def unregister() -> None:
     cli.unregister()
+    render_hook.unregister()
     runtime.unregister()
     images.unregister()
     properties.unregister()

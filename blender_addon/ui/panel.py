@@ -11,7 +11,7 @@ from typing import Any
 
 import bpy
 
-from .. import bridge, properties, runtime
+from .. import bridge, properties, render_hook, runtime
 from ..client.session import READY
 from ..optypes import Icon
 
@@ -45,6 +45,7 @@ class VIEW3D_PT_genart(bpy.types.Panel):
         actions.operator("genart.texture_from_camera", icon="TEXTURE")
         actions.operator("genart.tileable", icon="TEXTURE_DATA")
         actions.operator("genart.background", icon="WORLD")
+        render_hook.draw_panel(layout, context)
         for job in session.jobs.active():
             box = layout.box()
             row = box.row()
