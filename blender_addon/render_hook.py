@@ -94,7 +94,6 @@ READY_TIMEOUT = 60.0  # seconds a blocking start of the sidecar may take
 JOB_TIMEOUT = 3600.0  # seconds background mode waits for the last frames
 LINEAR_FORMATS = frozenset({"OPEN_EXR", "OPEN_EXR_MULTILAYER", "HDR"})
 ADDON_RENDERERS = ("capture", "operators.stylize")  # their renders are the add-on's own
-REVIEW_SUFFIX = " genart"
 PREFIX = "genart: stylize renders"
 _UNSET = "\x00"
 
@@ -729,14 +728,8 @@ def _add_strip(run: Run, frames: list[int]) -> str:
     outs = {f.frame: f.out for f in run.frames if f.out is not None}
     if scene is None or frames != list(range(frames[0], frames[-1] + 1)) or len(outs) < len(frames):
         return "; no strip (the frames are not consecutive)"
-    review = bpy.data.scenes.get(run.scene + REVIEW_SUFFIX)
-    if review is None:
-        review = bpy.data.scenes.new(run.scene + REVIEW_SUFFIX)
+    review = stylize.review_scene(scene)
     name = f"genart render {run.scene}"
-    se = review.sequence_editor
-    old = se is not None and compat.strips(se).get(name)
-    if se is not None and old:
-        compat.strips(se).remove(old)
     files = [outs[n] for n in frames]
     assert all(p is not None for p in files)
     strip = stylize.add_strip(review, name, [p for p in files if p is not None], frames[0])

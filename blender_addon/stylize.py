@@ -141,12 +141,33 @@ def free_channel(scene: bpy.types.Scene, start: int, end: int) -> int:
     return channel
 
 
+REVIEW_SUFFIX = " genart"
+
+
+def review_scene(scene: bpy.types.Scene) -> bpy.types.Scene:
+    """The scene `<scene> genart` whose Video Sequencer holds the stylized strips, with the
+    rendered scene's frame rate and size. Not the rendered scene itself: a scene with
+    strips renders its sequencer instead of its camera, so F12 would then show (and the
+    render toggle stylize again) the stylized frames."""
+    review = bpy.data.scenes.get(scene.name + REVIEW_SUFFIX)
+    if review is None:
+        review = bpy.data.scenes.new(scene.name + REVIEW_SUFFIX)
+    r, src = review.render, scene.render
+    r.fps, r.fps_base = src.fps, src.fps_base
+    r.resolution_x, r.resolution_y = src.resolution_x, src.resolution_y
+    r.resolution_percentage = src.resolution_percentage
+    return review
+
+
 def add_strip(scene: bpy.types.Scene, name: str, files: list[Path], frame_start: int) -> Any:
     """An image-sequence strip of `files` (consecutive frames) starting at `frame_start`,
     in a free channel; paths relative to the .blend where it is saved."""
     if not files:
         raise ValueError("no frames to put on the timeline")
     se = scene.sequence_editor or scene.sequence_editor_create()
+    previous = compat.strips(se).get(name)
+    if previous is not None:  # the same stylized range again: replace, do not stack
+        compat.strips(se).remove(previous)
     channel = free_channel(scene, frame_start, frame_start + len(files) - 1)
     first = files[0]
     directory = bpy.path.relpath(str(first.parent)) if bpy.data.filepath else str(first.parent)
@@ -168,6 +189,7 @@ __all__ = [
     "frame_path",
     "free_channel",
     "output_folder",
+    "review_scene",
     "pixels_hash",
     "resolve_prompt",
     "write_frame",

@@ -50,6 +50,8 @@ def test_frames_recipes_and_the_strip(res: dict[str, Any]) -> None:
     strips = res["strips"]
     assert len(strips) == 1 and strips[0]["start"] == 1 and strips[0]["n"] == 6
     assert strips[0]["end"] == 7 and strips[0]["dir"].startswith("//genart/anim")
+    # In the review scene "Scene genart": the rendered scene keeps rendering its camera.
+    assert res["rendered_scene_has_strips"] is False
 
 
 def test_prompts_follow_the_schedule_and_strength_its_keys(res: dict[str, Any]) -> None:

@@ -173,7 +173,9 @@ class StylizeRun:
         if len(present) != len(files):
             missing = [f for f, p in zip(self.frames, files, strict=True) if not p.is_file()]
             raise ActionError(f"frames {missing[:8]} were not generated: {self.failed or ''}")
-        strip = stylize.add_strip(self.scene, f"genart {self.name}", files, self.frames[0])
+        review = stylize.review_scene(self.scene)
+        strip = stylize.add_strip(review, f"genart {self.name}", files, self.frames[0])
+        review.frame_start, review.frame_end = self.frames[0], self.frames[-1]
         movie = (
             encode_mp4(
                 self.scene, files, self.folder / f"{self.name}.mp4", (self.width, self.height)
@@ -346,6 +348,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             {"INFO"},
             f"Stylized {len(run.frames)} frames into {run.folder} ({len(run.written)} generated, "
             f"{run.skipped} up to date), strip '{strip.name}' in channel {strip.channel}"
+            + f" of scene '{strip.id_data.name}'"
             + (f", {movie.name}" if movie else ""),
         )
 

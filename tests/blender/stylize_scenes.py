@@ -95,7 +95,10 @@ for p in sorted(folder.glob("*.png")):
         "parameters": text["parameters"][:80],
     }
 results["frames"] = frames
-se = sc.sequence_editor
+se = bpy.data.scenes["Scene genart"].sequence_editor
+results["rendered_scene_has_strips"] = bool(
+    sc.sequence_editor and len(addon.compat.strips(sc.sequence_editor))
+)
 strips = [s for s in addon.compat.strips(se) if s.name.startswith("genart")]
 results["strips"] = [
     {
