@@ -22,7 +22,7 @@ from test_blender_addon import build_addon, run_in_blender
 
 pytestmark = [pytest.mark.blender, pytest.mark.process]
 
-TEAPOT = ROOT.parent / "shared" / "meshes" / "teapot.obj"
+TEAPOT = ROOT / "dev" / "assets" / "teapot.obj"  # a copy of ../shared/meshes/teapot.obj
 PYTHONS = {"5.0": ROOT / ".venv" / "bin" / "python", "4.5": ROOT / ".venv-bpy45" / "bin" / "python"}
 # Panorama quadrants (bottom-up rows as Blender stores them): what each region shows.
 QUADRANTS = {

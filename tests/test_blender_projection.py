@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.process]
 
 SCRIPT = Path(__file__).parent / "blender" / "projection_scenes.py"
 ROOT = Path(__file__).resolve().parent.parent
-MESHES = ROOT.parent / "shared" / "meshes"
+MESHES = ROOT / "dev" / "assets"  # copies of ../shared/meshes (attribution in its README)
 PYTHON45 = ROOT / ".venv-bpy45" / "bin" / "python"  # built by dev/env.sh
 
 

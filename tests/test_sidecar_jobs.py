@@ -160,7 +160,7 @@ def test_cancel_kills_and_restarts_a_worker_that_does_not_yield(
 
 
 def test_cancel_of_a_queued_job_is_immediate(client: Client) -> None:
-    running = client.submit("fake", {"steps": 20, "step_seconds": 0.05})
+    running = client.submit("fake", {"steps": 400, "step_seconds": 0.05})  # outlives a loaded CI
     queued = client.submit("fake", {"steps": 1})
     assert client.cancel(queued)["state"] == "cancelled"
     assert client.status(queued)["state"] == "cancelled"
