@@ -79,6 +79,30 @@ def strips(sequence_editor: Any) -> Any:
     return found if found is not None else sequence_editor.sequences
 
 
+def add_handlers(pairs: Any) -> None:
+    """Appends (handler list name, function) pairs to bpy.app.handlers, dropping any
+    earlier copy first (the same function from a reloaded add-on)."""
+    for kind, fn in pairs:
+        handlers = getattr(bpy.app.handlers, kind)
+        remove_handler(handlers, fn)
+        handlers.append(fn)
+
+
+def remove_handlers(pairs: Any) -> None:
+    for kind, fn in pairs:
+        remove_handler(getattr(bpy.app.handlers, kind), fn)
+
+
+def remove_handler(handlers: Any, fn: Any) -> None:
+    """Removes `fn` and any copy of it (same module and name) from a handler list."""
+    for h in list(handlers):
+        if h is fn or (
+            getattr(h, "__module__", None) == fn.__module__
+            and getattr(h, "__name__", None) == fn.__name__
+        ):
+            handlers.remove(h)
+
+
 def openimageio() -> ModuleType:
     """Blender's bundled OpenImageIO (4.x and 5.x ship it in their Python's site-packages,
     which a real Blender has on sys.path; the `bpy` wheel does not, so it is added here)."""
@@ -95,6 +119,9 @@ def openimageio() -> ModuleType:
 
 
 __all__ = [
+    "add_handlers",
+    "remove_handler",
+    "remove_handlers",
     "CYCLES",
     "EEVEE_IDS",
     "HAS_MEDIA_TYPE",

@@ -392,26 +392,12 @@ HANDLERS = (
 )
 
 
-def _drop(handlers: list[Any], fn: Any) -> None:
-    """Remove `fn` and any earlier copy of it (same module and name: a reloaded add-on)."""
-    for h in list(handlers):
-        if h is fn or (
-            getattr(h, "__module__", None) == fn.__module__
-            and getattr(h, "__name__", None) == fn.__name__
-        ):
-            handlers.remove(h)
-
-
 def register() -> None:
-    for kind, fn in HANDLERS:
-        handlers = getattr(bpy.app.handlers, kind)
-        _drop(handlers, fn)
-        handlers.append(fn)
+    compat.add_handlers(HANDLERS)
 
 
 def unregister() -> None:
-    for kind, fn in HANDLERS:
-        _drop(getattr(bpy.app.handlers, kind), fn)
+    compat.remove_handlers(HANDLERS)
 
 
 __all__ = [

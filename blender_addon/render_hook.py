@@ -593,8 +593,8 @@ def _prepare(run: Run) -> None:
         except GenartError as exc:
             run.fail(item.frame, J.error_text(exc)[0])
             continue
-        sha = _model_sha(str(item.params.get("model", "")))
-        version = _engine_version(item.engine)
+        sha = runtime.session().model_sha(str(item.params.get("model", "")))
+        version = runtime.session().engine_version(item.engine)
         item.digest = stylize.frame_hash(item.inputs_hash, item.engine, version, sha, item.params)
         if stylize.existing_hash(item.out) == item.digest:
             item.pixels = None
@@ -784,20 +784,6 @@ def _say(line: str, alert: bool = False) -> None:
                 area.tag_redraw()
 
 
-def _engine_version(engine: str) -> str:
-    for e in runtime.session().welcome.get("engines", []):
-        if e.get("name") == engine:
-            return str(e.get("version", ""))
-    return ""
-
-
-def _model_sha(model: str) -> str | None:
-    for m in runtime.session().models or []:
-        if model and model in (m.get("id"), m.get("path")):
-            return m.get("sha256")
-    return None
-
-
 def _tick() -> float:
     """The GUI's pump; also starts the sidecar early when the scene has the toggle on."""
     try:
@@ -830,20 +816,8 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         row.label(text=STATE.status, icon="ERROR" if STATE.alert else "RENDER_RESULT")
 
 
-def _drop(handlers: list[Any], fn: Any) -> None:
-    for h in list(handlers):
-        if h is fn or (
-            getattr(h, "__module__", None) == fn.__module__
-            and getattr(h, "__name__", None) == fn.__name__
-        ):
-            handlers.remove(h)
-
-
 def register() -> None:
-    for kind, fn in HANDLERS:
-        handlers = getattr(bpy.app.handlers, kind)
-        _drop(handlers, fn)
-        handlers.append(fn)
+    compat.add_handlers(HANDLERS)
     if not bpy.app.timers.is_registered(_tick):
         bpy.app.timers.register(_tick, first_interval=PUMP_SECONDS, persistent=True)
 
@@ -851,8 +825,7 @@ def register() -> None:
 def unregister() -> None:
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
-    for kind, fn in HANDLERS:
-        _drop(getattr(bpy.app.handlers, kind), fn)
+    compat.remove_handlers(HANDLERS)
 
 
 __all__ = [

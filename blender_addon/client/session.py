@@ -177,6 +177,21 @@ class Session:
             self.models, self.models_error = None, ""
             self._models = self.client.request("models", {"hash": False})
 
+    def engine_version(self, engine: str) -> str:
+        """The version the sidecar's welcome gives `engine` ("" if unknown)."""
+        for e in self.welcome.get("engines", []):
+            if e.get("name") == engine:
+                return str(e.get("version", ""))
+        return ""
+
+    def model_sha(self, model: str) -> str | None:
+        """The sha256 the last `models` answer gives a model id or path, when hashed."""
+        for m in self.models or []:
+            if model and model in (m.get("id"), m.get("path")):
+                sha = m.get("sha256")
+                return str(sha) if sha else None
+        return None
+
     def add_listener(self, callback: Callable[[Event], None]) -> None:
         """Job events drained by tick() go to these callbacks (on the ticking thread)."""
         self._listeners.append(callback)

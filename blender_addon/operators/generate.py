@@ -128,25 +128,14 @@ def recipe_for(
     view_settings = scene.view_settings
     assert view_settings is not None  # never None in Blender; the stubs type it Optional
     session = runtime.session()
-    sha = next(
-        (m.get("sha256") for m in session.models or [] if model and model in (m["id"], m["path"])),
-        None,
-    )
     return {
         "action": action.name,
         "engine": job.engine,
-        "engine_version": next(
-            (
-                str(e.get("version", ""))
-                for e in session.welcome.get("engines", [])
-                if e.get("name") == job.engine
-            ),
-            "",
-        ),
+        "engine_version": session.engine_version(job.engine),
         "task": job.task,
         "params": params,
         "model": model,
-        "model_sha256": sha,
+        "model_sha256": session.model_sha(model),
         "view_transform": view_settings.view_transform,
         "blender": bpy.app.version_string,
         "warnings": list(job.warnings),

@@ -118,12 +118,12 @@ class StylizeRun:
         session = runtime.session()
         near = min(f.capture.near for f in self.rendered)
         far = max(f.capture.far for f in self.rendered)
-        version = _engine_version(self.engine)
+        version = runtime.session().engine_version(self.engine)
         for f in self.rendered:
             f.params.update(near=near, far=far)
             assert f.capture.passes_path is not None  # PASSES were asked for
             f.inputs_hash = stylize.pixels_hash([f.capture.color_path, f.capture.passes_path])
-            model_sha = _model_sha(str(f.params.get("model", "")))
+            model_sha = runtime.session().model_sha(str(f.params.get("model", "")))
             f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, f.params)
         needed = [
             f
@@ -201,20 +201,6 @@ def _engine_prompt(scene: bpy.types.Scene) -> str:
     name = properties.chosen_engine(scene.genart, TASK)  # type: ignore[attr-defined]
     group = properties.engine_group(scene.genart, name)  # type: ignore[attr-defined]
     return str(getattr(group, "prompt", "") or "") if group is not None else ""
-
-
-def _engine_version(engine: str) -> str:
-    for e in runtime.session().welcome.get("engines", []):
-        if e.get("name") == engine:
-            return str(e.get("version", ""))
-    return ""
-
-
-def _model_sha(model: str) -> str | None:
-    for m in runtime.session().models or []:
-        if model and model in (m.get("id"), m.get("path")):
-            return m.get("sha256")
-    return None
 
 
 def encode_mp4(scene: bpy.types.Scene, files: list[Path], out: Path, size: tuple[int, int]) -> Path:
