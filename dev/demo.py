@@ -1,19 +1,25 @@
-"""The headless demo: a sidecar, Blender in the background and the genart add-on texturing a
-scene, then a short sequence streamed through the sidecar; everything under out/demo/.
+"""The headless demo: a sidecar, Blender in the background and the genart add-on texturing
+an animated scene and stylizing its animation; everything under out/demo/.
 
 1. Builds tiny Stable Diffusion stand-ins once under out/demo/models/ (dev/tiny_models.py:
    the real SD 1.5 architecture and a depth ControlNet, untrained random weights, no
    downloads) until the embedded micro models land (issue 8): the pipeline is the real
    one, but they paint coloured noise, not pictures.
-2. Starts a sidecar (`--models out/demo/models`, the test engines enabled for step 4).
+2. Starts a sidecar (`--models out/demo/models`).
 3. Runs the `bpy` wheel headless (dev/demo_blender.py) with the add-on zip installed into
-   a throwaway Blender user under out/demo/: Spot and the Utah teapot on a ground plane get
-   Texture from camera (sd + depth ControlNet), the ground a Tileable texture (the
-   procedural `texsynth` engine, which needs no model) and the scene a 360° World (sd,
-   panorama); it saves out/demo/scene.blend (images in out/demo/genart/) and renders
-   out/demo/scene.png with Cycles.
-4. Streams an 8-frame sequence through the test engine (test patterns) into
-   out/demo/sequence/, until the sequence operators land.
+   a throwaway Blender user under out/demo/: Spot and the Utah teapot on a ground plane,
+   the camera orbiting them over 24 frames; Texture from camera on the
+   two meshes (sd + depth ControlNet), a Tileable texture on the ground (the procedural
+   `texsynth` engine, which needs no model) and a 360° World (sd, panorama); a Cycles
+   render of frame 1 (out/demo/scene.png); then Stylize animation over the 24 frames at
+   256 px (sd img2img + depth ControlNet, keyframed strength, a prompt schedule and a
+   `prompt:` marker) into out/demo/genart/orbit/####.png, onto the Video Sequencer of
+   out/demo/scene.blend and into out/demo/genart/orbit/orbit.mp4.
+4. Stops the sidecar and prints what was written and the time per step.
+
+`--quick` (what CI runs) does the same steps small, into out/demo-quick/: 6 frames at
+128 px, a 160x90 Cycles picture with 4 samples, smaller textures, 4 steps; the models
+are shared with the full demo (out/demo/models/).
 
 Progress goes to stdout; any failure is one line `demo: error: ...` on stderr, exit 1.
 """
@@ -28,7 +34,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -36,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "dev"))
 
-from genart_core.protocol import Client, ConnectionInfo, Event  # noqa: E402
+from genart_core.protocol import Client, ConnectionInfo  # noqa: E402
 
 ASSETS = ROOT / "dev" / "assets"
 BLENDER_SCRIPT = ROOT / "dev" / "demo_blender.py"
@@ -92,7 +100,6 @@ def rel(path: Path) -> str:
 
 def start_sidecar(state: Path, models: Path, log: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "sidecar", "--state-dir", str(state), "--models", str(models)]
-    cmd.append("--enable-test-engines")  # the `fake` engine for the sequence part
     cmd += ["--parent-pid", str(os.getpid())]  # gone with the demo, even after a kill -9
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -136,9 +143,95 @@ def lines_of(proc: subprocess.Popen[str]) -> Iterator[str]:
         yield line.rstrip("\n")
 
 
-def run_blender(out: Path, zip_path: Path, sd: Path, cn: Path, connection: Path) -> None:
+@dataclass
+class Settings:
+    """What differs between the full demo and `--quick`."""
+
+    out: Path
+    frames: int = 24
+    stylize_size: int = 256
+    render: str = "640x360"
+    samples: int = 16
+    steps: int = 8
+    texture_size: int = 512
+    ground_size: int = 512
+    world_size: int = 256
+    name: str = "orbit"
+
+    def blender_args(self) -> list[str]:
+        return [
+            "--frames", str(self.frames),
+            "--stylize-size", str(self.stylize_size),
+            "--render", self.render,
+            "--samples", str(self.samples),
+            "--steps", str(self.steps),
+            "--texture-size", str(self.texture_size),
+            "--ground-size", str(self.ground_size),
+            "--world-size", str(self.world_size),
+            "--name", self.name,
+        ]  # fmt: skip
+
+
+QUICK: dict[str, Any] = {  # the `--quick` form's Settings
+    "frames": 6,
+    "stylize_size": 128,
+    "render": "160x90",
+    "samples": 4,
+    "steps": 4,
+    "texture_size": 256,
+    "ground_size": 256,
+    "world_size": 128,
+}
+
+
+class Timings:
+    """The time per step, printed as a table at the end."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float]] = []
+
+    def add(self, label: str, seconds: float) -> None:
+        self.rows.append((label, seconds))
+
+    def step(self, label: str, t0: float) -> None:
+        self.add(label, time.monotonic() - t0)
+
+
+class StylizeClock:
+    """Splits the stylize step by the operator's progress lines: rendering the frames'
+    passes and sending them (until the job's first progress line), generating (until its
+    last), then the strip and the MP4."""
+
+    def __init__(self) -> None:
+        self.start = self.sent = self.generated = 0.0
+
+    def see(self, line: str) -> None:
+        now = time.monotonic()
+        if line.startswith("demo: stylize animation") and line.endswith("..."):
+            self.start = now
+        elif line.startswith("genart: stylize: ") and not line.startswith(
+            "genart: stylize: rendered frame"
+        ):
+            self.sent = self.sent or now
+            self.generated = now
+
+    def rows(self, total: float) -> list[tuple[str, float]]:
+        if not (self.start and self.sent):
+            return []
+        end = self.start + total
+        return [
+            ("  rendering the frames' passes (Cycles), sending them", self.sent - self.start),
+            ("  stylizing them (sidecar), writing the frames", self.generated - self.sent),
+            ("  the strip and the MP4", end - self.generated),
+        ]
+
+
+def run_blender(
+    settings: Settings, zip_path: Path, sd: Path, cn: Path, connection: Path, timings: Timings
+) -> None:
     """dev/demo_blender.py in the bpy wheel; its `demo:` and `genart:` lines are shown,
-    everything Blender prints goes to out/demo/blender.log."""
+    everything Blender prints goes to <out>/blender.log."""
+    out = settings.out
     log_path = out / "blender.log"
     cmd = [
         sys.executable,
@@ -148,10 +241,12 @@ def run_blender(out: Path, zip_path: Path, sd: Path, cn: Path, connection: Path)
         "--assets", str(ASSETS),
         "--sd", str(sd),
         "--depth-controlnet", str(cn),
+        *settings.blender_args(),
     ]  # fmt: skip
     env = blender_env(out / "blender-user", connection)
     error = ""
     ok = False
+    clock = StylizeClock()
     # cwd outside the checkout's root: the repository is not put on sys.path by accident.
     with (
         open(log_path, "w") as log,
@@ -176,8 +271,14 @@ def run_blender(out: Path, zip_path: Path, sd: Path, cn: Path, connection: Path)
         try:
             for line in lines_of(proc):
                 log.write(line + "\n")
+                clock.see(line)
                 if line.startswith("demo: error: "):
                     error = line.removeprefix("demo: error: ")
+                elif line.startswith("DEMO-TIME\t"):
+                    _, seconds, label = line.split("\t", 2)
+                    timings.add(label, float(seconds))
+                    if label.startswith("stylize animation"):
+                        timings.rows += clock.rows(float(seconds))
                 elif line.startswith(SHOWN):
                     say("  " + line)
                 elif line == "DEMO-BLENDER-OK":
@@ -193,36 +294,15 @@ def run_blender(out: Path, zip_path: Path, sd: Path, cn: Path, connection: Path)
         raise DemoError(f"Blender exited with code {code} (see {rel(log_path)})")
 
 
-def show(ev: Event) -> None:
-    if ev.type == "result":
-        say(f"  frame {ev.data.get('frame', 0) + 1}/8 done")
-    elif ev.type in ("failed", "cancelled"):
-        raise DemoError(f"the sequence job {ev.type}: {ev.data.get('message', ev.data)}")
-
-
-def save(client: Client, job: str, frame: int, path: Path) -> None:
-    img = client.result(job, frame).attachments["image"]
-    assert img.shape is not None
-    h, w, _ = img.shape
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.frombuffer("RGBA", (w, h), bytes(img.data), "raw", "RGBA", 0, 1).save(path)
-
-
-def run_sequence(connection: Path, folder: Path) -> None:
-    """8 frames streamed in one by one, through the test engine (test patterns)."""
-    with Client.connect(connection, client_name="genart-demo") as c:
-        seq = c.submit(
-            "fake",
-            {"width": 160, "height": 90, "steps": 6, "step_seconds": 0.01},
-            sequence=True,
-            frames=8,
-        )
-        for i in range(8):
-            c.append(seq, i, params={"seed": 5})
-        c.close_input(seq)
-        c.wait(seq, show)
-        for i in range(8):
-            save(c, seq, i, folder / f"{i:04d}.png")
+def check_outputs(settings: Settings) -> None:
+    """The frames and the MP4 are there (the strip was checked in the saved .blend)."""
+    folder = settings.out / "genart" / settings.name
+    frames = sorted(folder.glob("[0-9][0-9][0-9][0-9].png"))
+    if len(frames) != settings.frames:
+        raise DemoError(f"{rel(folder)}: {len(frames)} frames, expected {settings.frames}")
+    mp4 = folder / f"{settings.name}.mp4"
+    if not mp4.is_file() or mp4.stat().st_size == 0:
+        raise DemoError(f"no MP4 at {rel(mp4)}")
 
 
 def clean(out: Path) -> None:
@@ -233,42 +313,67 @@ def clean(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def summary(out: Path) -> None:
-    def size(p: Path) -> str:
-        files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
-        n = sum(f.stat().st_size for f in files)
-        return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+def size_of(p: Path) -> str:
+    files = [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p]
+    n = sum(f.stat().st_size for f in files)
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
-    generated = sorted(p for p in (out / "genart").rglob("*") if p.is_file())
-    frames = sorted((out / "sequence").glob("*.png"))
+
+def summary(settings: Settings, models: Path, timings: Timings, total: float) -> None:
+    out = settings.out
+    seq = out / "genart" / settings.name
+    frames = sorted(seq.glob("*.png"))
+    generated = sorted(p for p in (out / "genart").glob("*") if p.is_file())
+    w, h = Image.open(frames[0]).size if frames else (0, 0)
+    rows = [
+        (out / "scene.png", "the Cycles render of the textured scene (frame 1)"),
+        (
+            out / "scene.blend",
+            f"the animated scene, the 'genart {settings.name}' strip on a Video Sequencer",
+        ),
+    ]
+    rows += [
+        (p, "generated (its recipe in the PNG)" if p.suffix == ".png" else "depth")
+        for p in generated
+    ]
+    rows += [
+        (seq, f"{len(frames)} stylized frames, {w}x{h}, ####.png (recipes in the PNGs)"),
+        (seq / f"{settings.name}.mp4", "the stylized frames as an H.264 MP4"),
+        (models, "untrained tiny SD stand-ins (issue 8 brings real micro models)"),
+    ]
     print("\nwritten:")
-    for path, what in (
-        (out / "scene.png", "the Cycles render of the textured scene"),
-        (out / "scene.blend", "the scene, its images beside it under genart/"),
-    ):
-        print(f"  {rel(path):44} {size(path):>8}  {what}")
-    for path in generated:
-        what = "generated (its recipe in the PNG)" if path.suffix == ".png" else "depth"
-        print(f"  {rel(path):44} {size(path):>8}  {what}")
-    print(
-        f"  {rel(out / 'sequence') + '/':44} {size(out / 'sequence'):>8}  "
-        f"{len(frames)} frames from the test engine"
-    )
-    print(
-        f"  {rel(out / 'models') + '/':44} {size(out / 'models'):>8}  "
-        "untrained tiny SD stand-ins (issue 8 brings real micro models)"
-    )
+    for path, what in rows:
+        name = rel(path) + ("/" if path.is_dir() else "")
+        print(f"  {name:44} {size_of(path):>8}  {what}")
     print(
         f"  logs: {rel(out / 'blender.log')}, {rel(out / 'sidecar.log')}, "
         f"{rel(out / 'state' / 'logs')}/"
     )
+    print("\ntime per step:")
+    for label, seconds in timings.rows:
+        print(f"  {seconds:6.1f} s  {label}")
+    print(f"  {total:6.1f} s  in all")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "out" / "demo")
+    ap.add_argument(
+        "--quick", action="store_true", help="the same steps, small (CI): into out/demo-quick/"
+    )
+    ap.add_argument("--out", type=Path, help="default out/demo/ (out/demo-quick/ with --quick)")
     args = ap.parse_args()
-    out: Path = args.out.resolve()
+    default = ROOT / "out" / ("demo-quick" if args.quick else "demo")
+    out: Path = (args.out or default).resolve()
+    settings = Settings(out, **(QUICK if args.quick else {}))
     out.mkdir(parents=True, exist_ok=True)
     clean(out)
     print(
@@ -278,30 +383,43 @@ def main() -> int:
         "procedural engine that needs no model.",
         flush=True,
     )
-    sd, cn = build_models(out / "models")
+    if args.quick:
+        say(
+            f"quick form: {settings.frames} frames at {settings.stylize_size} px, a "
+            f"{settings.render} picture with {settings.samples} samples, into {rel(out)}/"
+        )
+    timings = Timings()
+    t0 = time.monotonic()
+    models = ROOT / "out" / "demo" / "models"
+    sd, cn = build_models(models)
+    timings.step("models (tiny stand-ins; built once, then reused)", t0)
     import build_addon
 
+    t0 = time.monotonic()
     zip_path = build_addon.build(out)
     say(f"add-on: built {rel(zip_path)}")
+    timings.step("add-on zip", t0)
     state = out / "state"
-    proc = start_sidecar(state, out / "models", out / "sidecar.log")
+    t0 = time.monotonic()
+    proc = start_sidecar(state, models, out / "sidecar.log")
     connection = state / "connection.json"
     try:
         with Client.connect(connection, client_name="genart-demo") as c:
             engines = [e["name"] for e in c.welcome["engines"]]
             say(f"sidecar: pid {c.welcome['pid']}, device {c.welcome['device']}, engines {engines}")
-        say("Blender (bpy wheel, headless): scene, three genart operators, Cycles render")
-        run_blender(out, zip_path, sd, cn, connection)
-        say("sequence: 8 frames streamed through the test engine (until the sequence issue)")
-        run_sequence(connection, out / "sequence")
+        timings.step("sidecar start", t0)
+        say(
+            "Blender (bpy wheel, headless): the animated scene, three genart operators, a "
+            f"Cycles render, Stylize animation ({settings.frames} frames)"
+        )
+        t0 = time.monotonic()
+        run_blender(settings, zip_path, sd, cn, connection, timings)
+        timings.step("Blender in all (the rows above and saving)", t0)
+        check_outputs(settings)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    say("done")
-    summary(out)
+        stop(proc)
+    say("done; the sidecar is stopped")
+    summary(settings, models, timings, time.monotonic() - T0)
     return 0
 
 

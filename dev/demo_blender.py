@@ -1,17 +1,25 @@
 """The Blender half of the demo: runs in the `bpy` wheel, started by dev/demo.py.
 
 Installs the add-on zip into the throwaway Blender user that dev/demo.py set up (the
-BLENDER_USER_* variables), builds a scene (Spot the cow and the Utah teapot on a ground
-plane, a camera, a sun and a sky-coloured World), connects to the running sidecar
-(GENART_CONNECTION_FILE) and runs the add-on's operators as a script would:
+BLENDER_USER_* variables), builds an animated scene (Spot the cow and the Utah teapot on a
+ground plane, a camera orbiting them, a sun and a sky-coloured World), connects to the
+running sidecar (GENART_CONNECTION_FILE) and runs the add-on's operators as a script would:
 
 1. Texture from camera on Spot and the teapot: the `sd` engine, depth ControlNet;
 2. Tileable texture on the ground: the `texsynth` engine (procedural, no model);
-3. Background: a 360° panorama World, seen by the camera only (`sd`).
+3. Background: a 360° panorama World, seen by the camera only (`sd`);
+4. a Cycles render of frame 1 (scene.png);
+5. Stylize animation over the whole range (`sd` as the sequence engine: img2img with the
+   depth ControlNet, depth normalised once for the sequence), with a keyframed strength
+   and a prompt that changes through the prompt schedule and a `prompt:` marker: frames in
+   genart/<name>/####.png, an image strip on the Video Sequencer and <name>.mp4 beside
+   the frames.
 
-Then it saves the .blend (the generated PNGs sit beside it under genart/) and renders it
-with Cycles. Progress lines start with `demo:` (the operators print `genart:` lines of
-their own); a failure is one line `demo: error: <reason>` and exit status 1.
+The .blend is saved after each step that changes it (the generated files sit beside it
+under genart/) and opened again at the end to check the strip is in it. Progress lines
+start with `demo:` (the operators print `genart:` lines of their own), each step ends with
+a `DEMO-TIME<TAB>seconds<TAB>label` line for dev/demo.py's table; a failure is one line
+`demo: error: <reason>` and exit status 1.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import bpy
-from mathutils import Vector
+T_START = time.monotonic()
+
+import bpy  # noqa: E402 (timed: importing the wheel is part of Blender's start)
+from mathutils import Vector  # noqa: E402
 
 MODULE = "bl_ext.user_default.genart"
 
@@ -37,6 +47,11 @@ def log(message: str) -> None:
 def fail(message: str) -> NoReturn:
     print(f"demo: error: {message}", flush=True)
     sys.exit(1)
+
+
+def timed(label: str, seconds: float) -> None:
+    """One row of dev/demo.py's time table (the line itself is not shown)."""
+    print(f"DEMO-TIME\t{seconds:.2f}\t{label}", flush=True)
 
 
 def run_operator(label: str, operator: Any, **kwargs: Any) -> None:
@@ -51,7 +66,9 @@ def run_operator(label: str, operator: Any, **kwargs: Any) -> None:
         fail(f"{label}: {text}")
     if result != {"FINISHED"}:
         fail(f"{label}: the operator returned {sorted(result)}")
-    log(f"{label}: done in {time.monotonic() - t0:.1f} s")
+    seconds = time.monotonic() - t0
+    log(f"{label}: done in {seconds:.1f} s")
+    timed(label, seconds)
 
 
 def install_addon(zip_path: Path) -> Any:
@@ -134,6 +151,26 @@ def build_scene(assets: Path, width: int, height: int, samples: int) -> bpy.type
     return sc
 
 
+def animate(sc: bpy.types.Scene, frames: int) -> None:
+    """Frames 1..`frames`: the camera orbits the pair by 30° (parented to a pivot that
+    turns); frame 1 is the still's view. The objects stay put: Texture from camera projects
+    from a projector fixed in the world, so a textured object that moved would leave its
+    texture behind."""
+    sc.frame_start, sc.frame_end = 1, frames
+    sc.frame_set(1)
+    pivot = bpy.data.objects.new("Orbit pivot", None)
+    sc.collection.objects.link(pivot)
+    pivot.location = (0.1, 0.2, 0.55)  # the camera's target
+    bpy.context.view_layer.update()
+    cam = sc.camera
+    cam.parent = pivot
+    cam.matrix_parent_inverse = pivot.matrix_world.inverted()  # stays where it is
+    for frame, angle in ((1, 0.0), (frames, 30.0)):
+        pivot.rotation_euler[2] = math.radians(angle)
+        pivot.keyframe_insert("rotation_euler", index=2, frame=frame)
+    sc.frame_set(1)
+
+
 def select_only(*objects: bpy.types.Object) -> None:
     for ob in bpy.context.scene.objects:
         ob.select_set(ob in objects)
@@ -153,17 +190,30 @@ def main() -> None:
     ap.add_argument("--world-size", type=int, default=256)
     ap.add_argument("--render", default="640x360", help="WxH of the final render")
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument(
+        "--animation-samples", type=int, default=4, help="Cycles samples of the frames' renders"
+    )
+    ap.add_argument("--frames", type=int, default=24, help="the animation: frames 1..N")
+    ap.add_argument("--stylize-size", type=int, default=256, help="long side of the frames")
+    ap.add_argument("--name", default="orbit", help="genart/<name>/####.png, <name>.mp4")
     args = ap.parse_args()
     rw, rh = (int(v) for v in args.render.split("x"))
 
     bpy.ops.wm.read_factory_settings(use_empty=True)  # first: it would unload the add-on
     addon = install_addon(args.zip)
     log(f"Blender {bpy.app.version_string}, add-on {MODULE} installed from {args.zip.name}")
+    # New keys interpolate linearly (this throwaway user's preference, never saved).
+    bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"
     sc = build_scene(args.assets, rw, rh, args.samples)
+    animate(sc, args.frames)
     blend = args.out / "scene.blend"
     # Saved first: generated images are written beside the .blend, under //genart/.
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
-    log(f"scene: Spot, the Utah teapot, a ground plane, camera, sun -> {blend.name}")
+    log(
+        f"scene: Spot, the Utah teapot, a ground plane, sun; the camera orbits them over "
+        f"frames 1-{args.frames} -> {blend.name}"
+    )
+    timed("Blender: start, add-on install, the animated scene", time.monotonic() - T_START)
 
     try:
         bpy.ops.genart.check_sidecar()
@@ -236,8 +286,67 @@ def main() -> None:
     sc.render.image_settings.color_mode = "RGB"
     sc.render.image_settings.compression = 100  # the README shows it: small beats fast
     bpy.ops.render.render(write_still=True)
-    log(f"rendered scene.png in {time.monotonic() - t0:.1f} s")
+    seconds = time.monotonic() - t0
+    sc.render.filepath = "//render/"  # the saved scene's own animation output
+    log(f"rendered scene.png in {seconds:.1f} s")
+    timed(f"Cycles render of frame 1 ({rw}x{rh}, {args.samples} samples)", seconds)
+
+    # 5. Stylize animation: the `sequence` task's engine is sd, img2img on each frame's
+    # render with the depth ControlNet (the passes go with every frame). The prompt changes
+    # over time (a schedule entry, then a marker) and strength is keyframed.
+    n = args.frames
+    g.sequence_engine = "sd"
+    sd.prompt = "a red and blue marble stone"
+    schedule_at, marker_at = 1 + n // 3, 1 + 2 * n // 3
+    key = g.prompt_schedule.add()
+    key.frame, key.prompt = schedule_at, "green wood"
+    sc.timeline_markers.new("prompt: blue brick wall", frame=marker_at)
+    for frame, value in ((1, 0.5), (n, 0.8)):
+        sd.strength = value
+        sd.keyframe_insert("strength", frame=frame)
+    sc.frame_set(1)
+    # The frames are rendered with the scene's settings; fewer samples (denoised) are
+    # enough for what img2img redraws. The still's samples are back before saving.
+    sc.cycles.samples = args.animation_samples
+    log(
+        f"stylize settings: prompt 'a red and blue marble stone', 'green wood' from frame "
+        f"{schedule_at} (prompt schedule), 'blue brick wall' from frame {marker_at} (marker); "
+        f"strength keyed 0.5 -> 0.8; frames rendered with {args.animation_samples} samples"
+    )
+    run_operator(
+        f"stylize animation (sd, {n} frames at {args.stylize_size}px, MP4)",
+        bpy.ops.genart.stylize_animation,
+        frame_start=1,
+        frame_end=n,
+        size=args.stylize_size,
+        name=args.name,
+        mp4=True,
+    )
+    sc.cycles.samples = args.samples
+    bpy.ops.wm.save_mainfile()
+    check_saved(blend, args.name, n)
     print("DEMO-BLENDER-OK", flush=True)
+
+
+def check_saved(blend: Path, name: str, frames: int) -> None:
+    """Opens the saved .blend again: the strip of the stylized frames is in it (in any of
+    its scenes: the add-on may keep the strips in a review scene of their own)."""
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    found = []
+    for scene in bpy.data.scenes:
+        se = scene.sequence_editor
+        if se is None:
+            continue
+        strips = se.strips_all if hasattr(se, "strips_all") else se.sequences_all  # 4.5
+        found += [(scene, s) for s in strips if s.name == f"genart {name}"]
+    if len(found) != 1 or len(found[0][1].elements) != frames:
+        fail(f"{blend.name}: expected one 'genart {name}' strip of {frames} frames, got {found}")
+    scene, strip = found[0]
+    log(
+        f"saved {blend.name}: strip '{strip.name}' in scene '{scene.name}', channel "
+        f"{strip.channel}, frames {strip.frame_final_start}-{strip.frame_final_end - 1}, "
+        f"images {strip.directory}####.png"
+    )
 
 
 if __name__ == "__main__":
