@@ -17,6 +17,7 @@ applied, so a failure or a cancel leaves it as it was.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ NO_CONTROL = {"depth_controlnet": "", "normal_controlnet": ""}
 READY_TIMEOUT = 60.0  # seconds the headless path waits for a sidecar to come up
 JOB_TIMEOUT = 3600.0  # seconds: a headless job with no result by then fails
 TIMER_SECONDS = 0.1
+KEEP_CAPTURES = 4  # capture folders kept besides the newest (a running job may need them)
 PREVIEW_IMAGE = "genart preview"
 HOW_TO_CONFIGURE = (
     "Configure the sidecar in Preferences > Add-ons > genart (or GENART_SIDECAR / "
@@ -365,8 +367,16 @@ def scene_output_dir(context: bpy.types.Context, kind: str) -> Path:
     """A fresh folder for one action's temporary files (captures), under the add-on's
     user folder (never beside the user's files)."""
     root = Path(bpy.utils.extension_path_user(__package__.rsplit(".", 1)[0], create=True))
-    path = root / "captures" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{id(context) % 10000}"
+    captures = root / "captures"
+    path = captures / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{id(context) % 10000}"
     path.mkdir(parents=True, exist_ok=True)
+    # Captures are only needed until their job is applied: keep the newest few, no more.
+    old = sorted(
+        (p for p in captures.iterdir() if p.is_dir() and p != path),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for stale in old[: max(0, len(old) - KEEP_CAPTURES)]:
+        shutil.rmtree(stale, ignore_errors=True)
     return path
 
 

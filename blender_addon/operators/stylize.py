@@ -296,7 +296,9 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
         options = _options(self)
         try:
             run = self._start(context)
-            while not run.render_next():
+            done = False
+            while not done:
+                done = run.render_next()
                 print(
                     f"genart: stylize: rendered frame {run.rendered[-1].frame} "
                     f"({len(run.rendered)}/{len(run.frames)})",
