@@ -152,7 +152,9 @@ def test_texture_with_tiny_sd_and_controlnet(run: dict[str, Any], world: dict[st
     assert recipe["params"]["depth_controlnet"] == str(world["cn"])
     assert all("genart projection" in uvs for uvs in case["uv"].values()), case["uv"]
     lines = [x for x in case["out"].splitlines() if x.startswith("genart: texture from camera:")]
-    assert any("step 1/2" in x for x in lines) and any("done" in x for x in lines), lines
+    # Progress lines are printed at most once a second: which steps show depends on speed.
+    assert any(re.search(r"(running|step \d/2)", x) for x in lines), lines
+    assert any("done" in x for x in lines), lines
 
 
 def test_check_passes_when_the_scenes_models_are_present(
