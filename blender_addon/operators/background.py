@@ -8,8 +8,15 @@ from typing import Any
 import bpy
 import numpy as np
 
-from .generate import NO_CONTROL, Action, ActionError, GenerateOperator, Outcome, Prepared
-from .texture import fit_long_side
+from .generate import (
+    NO_CONTROL,
+    Action,
+    ActionError,
+    GenerateOperator,
+    Outcome,
+    Prepared,
+    fit_render,
+)
 
 
 class Background(Action):
@@ -24,10 +31,7 @@ class Background(Action):
             assert scene is not None  # operators run with a scene; the stubs type it Optional
             if scene.camera is None:
                 raise ActionError("a camera backdrop needs an active camera")
-            r = scene.render
-            w, h = fit_long_side(
-                r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, op.size
-            )
+            w, h = fit_render(scene, op.size)
             filled = {"width": w, "height": h, **NO_CONTROL}
         return Prepared("txt2img", filled, {}, {}, self.label)
 

@@ -363,6 +363,47 @@ def _workspace(context: bpy.types.Context) -> bpy.types.WorkSpace:
     return workspace
 
 
+def fit_long_side(
+    width: float, height: float, long_side: int, multiple: int = 8
+) -> tuple[int, int]:
+    """(w, h) with the aspect of width×height, the longer side `long_side`, both multiples."""
+    scale = long_side / max(width, height)
+    w = max(multiple, round(width * scale / multiple) * multiple)
+    h = max(multiple, round(height * scale / multiple) * multiple)
+    return int(w), int(h)
+
+
+def fit_render(scene: bpy.types.Scene, long_side: int) -> tuple[int, int]:
+    """The scene's render aspect (pixel aspect included) at `long_side` pixels."""
+    r = scene.render
+    return fit_long_side(
+        r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, long_side
+    )
+
+
+def selected_meshes(context: bpy.types.Context, missing: str) -> list[str]:
+    """The names of the selected mesh objects (kept by name: the job outlives references);
+    ActionError(`missing`) when there are none."""
+    names = [o.name for o in context.selected_objects if o.type == "MESH"]
+    if not names:
+        raise ActionError(missing)
+    return names
+
+
+def kept_objects(names: list[str], gone: str) -> list[bpy.types.Object]:
+    """The objects still there of those named when the job started; ActionError(`gone`)
+    when every one was deleted meanwhile."""
+    found: list[bpy.types.Object | None] = [bpy.data.objects.get(n) for n in names]
+    objects = [o for o in found if o is not None]
+    if not objects:
+        raise ActionError(gone)
+    return objects
+
+
+def with_notes(message: str, notes: tuple[str, ...] | list[str]) -> str:
+    return message + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def scene_output_dir(context: bpy.types.Context, kind: str) -> Path:
     """A fresh folder for one action's temporary files (captures), under the add-on's
     user folder (never beside the user's files)."""
@@ -381,6 +422,11 @@ def scene_output_dir(context: bpy.types.Context, kind: str) -> Path:
 
 
 __all__ = [
+    "fit_long_side",
+    "fit_render",
+    "kept_objects",
+    "selected_meshes",
+    "with_notes",
     "NO_CONTROL",
     "Action",
     "ActionError",

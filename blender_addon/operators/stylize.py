@@ -27,10 +27,11 @@ from .generate import (
     GenerateOperator,
     _window_manager,
     _workspace,
+    fit_render,
+    operator_options,
     recipe_for,
     result_pixels,
 )
-from .texture import fit_long_side
 
 TASK = "sequence"
 # What the per-frame path sends (and hashes): the coherent engine (issue 9) adds the
@@ -70,10 +71,7 @@ class StylizeRun:
     def __post_init__(self) -> None:
         self.todo = list(self.frames)
         self._t0 = time.monotonic()
-        r = self.scene.render
-        self.width, self.height = fit_long_side(
-            r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, self.size
-        )
+        self.width, self.height = fit_render(self.scene, self.size)
 
     # -- 1. render ---------------------------------------------------------------------
     def render_next(self) -> bool:
@@ -293,7 +291,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             return {"CANCELLED"}
         scene = _scene(context)
         frame0 = scene.frame_current
-        options = _options(self)
+        options = operator_options(self)
         try:
             run = self._start(context)
             done = False
@@ -388,7 +386,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
                     return self._done(context, run)
                 return {"RUNNING_MODAL"}
             runtime.session().tick()
-            run.collect(context, _options(self))
+            run.collect(context, operator_options(self))
             job = self._job
             wm.progress_update(40 + int(60 * job.fraction))
             _workspace(context).status_text_set(f"genart: stylize: {job.text} (Esc cancels)")
@@ -417,12 +415,6 @@ def _scene(context: bpy.types.Context) -> bpy.types.Scene:
     scene = context.scene
     assert scene is not None  # operators run with a scene; the stubs type it Optional
     return scene
-
-
-def _options(op: Any) -> dict[str, Any]:
-    from .generate import operator_options
-
-    return operator_options(op)
 
 
 __all__ = ["GENART_OT_stylize_animation", "StylizeRun", "encode_mp4"]

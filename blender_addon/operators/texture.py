@@ -10,17 +10,18 @@ import numpy as np
 
 from .. import capture
 from .._vendor.genart_protocol import Attachment
-from .generate import Action, ActionError, GenerateOperator, Outcome, Prepared, scene_output_dir
-
-
-def fit_long_side(
-    width: float, height: float, long_side: int, multiple: int = 8
-) -> tuple[int, int]:
-    """(w, h) with the aspect of width×height, the longer side `long_side`, both multiples."""
-    scale = long_side / max(width, height)
-    w = max(multiple, round(width * scale / multiple) * multiple)
-    h = max(multiple, round(height * scale / multiple) * multiple)
-    return int(w), int(h)
+from .generate import (
+    Action,
+    ActionError,
+    GenerateOperator,
+    Outcome,
+    Prepared,
+    fit_render,
+    kept_objects,
+    scene_output_dir,
+    selected_meshes,
+    with_notes,
+)
 
 
 class TextureFromCamera(Action):
@@ -30,23 +31,20 @@ class TextureFromCamera(Action):
     def prepare(self, context: bpy.types.Context, op: Any) -> Prepared:
         scene = context.scene
         assert scene is not None  # operators run with a scene; the stubs type it Optional
-        objects = [o for o in context.selected_objects if o.type == "MESH"]
-        if not objects:
-            raise ActionError("select the mesh objects to texture (others are ignored)")
+        objects = selected_meshes(
+            context, "select the mesh objects to texture (others are ignored)"
+        )
         if scene.camera is None:
             raise ActionError("the scene has no active camera: add one and make it active")
         self._check_control(scene)
-        r = scene.render
-        w, h = fit_long_side(
-            r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, op.size
-        )
+        w, h = fit_render(scene, op.size)
         try:
             cap = capture.capture_camera(
                 scene,
                 scene_output_dir(context, "texture"),
                 width=w,
                 height=h,
-                passes=("depth", "normal", "object_index"),
+                passes=("depth", "normal"),
             )
             passes_path = cap.passes_path
             assert passes_path is not None  # set when passes are asked for
@@ -56,7 +54,7 @@ class TextureFromCamera(Action):
         inputs = {"passes": Attachment.blob("passes", passes_path.read_bytes(), "exr")}
         if op.use_render:
             inputs["image"] = Attachment.blob("image", cap.color_path.read_bytes(), "png")
-        keep = {"capture": cap, "depth": depth, "objects": [o.name for o in objects]}
+        keep = {"capture": cap, "depth": depth, "objects": objects}
         return Prepared("control", cap.request_params(), inputs, keep, self.label)
 
     @staticmethod
@@ -93,12 +91,9 @@ class TextureFromCamera(Action):
         from .. import images, projection
 
         cap: capture.Capture = prepared.keep["capture"]
-        found: list[bpy.types.Object | None] = [
-            bpy.data.objects.get(n) for n in prepared.keep["objects"]
-        ]
-        objects = [o for o in found if o is not None]
-        if not objects:
-            raise ActionError("the objects to texture were deleted while generating")
+        objects = kept_objects(
+            prepared.keep["objects"], "the objects to texture were deleted while generating"
+        )
         recipe = {**recipe, "near": cap.near, "far": cap.far, "camera": list(cap.camera_matrix)}
         more = f" +{len(objects) - 1}" if len(objects) > 1 else ""
         name = f"{objects[0].name}{more} from camera"
@@ -107,10 +102,9 @@ class TextureFromCamera(Action):
         scene = context.scene
         assert scene is not None  # operators run with a scene; the stubs type it Optional
         result = projection.apply_projection(scene, objects, cap, image, depth_image, name=name)
-        notes = "; ".join(getattr(result, "notes", ()) or ())
-        done = len(objects) - len(getattr(result, "skipped", ()) or ())
+        done = len(objects) - len(result.skipped)
         message = f"Textured {done} object(s) from the camera into {image.name}"
-        return Outcome(message + (f" ({notes})" if notes else ""), {"images": [image.name]})
+        return Outcome(with_notes(message, result.notes), {"images": [image.name]})
 
 
 class GENART_OT_texture_from_camera(GenerateOperator, bpy.types.Operator):

@@ -8,7 +8,16 @@ from typing import Any
 import bpy
 import numpy as np
 
-from .generate import NO_CONTROL, Action, ActionError, GenerateOperator, Outcome, Prepared
+from .generate import (
+    NO_CONTROL,
+    Action,
+    GenerateOperator,
+    Outcome,
+    Prepared,
+    kept_objects,
+    selected_meshes,
+    with_notes,
+)
 
 
 class Tileable(Action):
@@ -16,11 +25,9 @@ class Tileable(Action):
     label = "Tileable texture"
 
     def prepare(self, context: bpy.types.Context, op: Any) -> Prepared:
-        objects = [o for o in context.selected_objects if o.type == "MESH"]
-        if not objects:
-            raise ActionError("select the mesh objects to give the tileable texture")
+        objects = selected_meshes(context, "select the mesh objects to give the tileable texture")
         filled = {"width": op.size, "height": op.size, "tileable": True, **NO_CONTROL}
-        return Prepared("txt2img", filled, {}, {"objects": [o.name for o in objects]}, self.label)
+        return Prepared("txt2img", filled, {}, {"objects": objects}, self.label)
 
     def apply(
         self,
@@ -33,20 +40,16 @@ class Tileable(Action):
         from .. import images
         from ..apply import tileable
 
-        found: list[bpy.types.Object | None] = [
-            bpy.data.objects.get(n) for n in prepared.keep["objects"]
-        ]
-        objects = [o for o in found if o is not None]
-        if not objects:
-            raise ActionError("the objects were deleted while generating")
+        objects = kept_objects(
+            prepared.keep["objects"], "the objects were deleted while generating"
+        )
         name = f"{objects[0].name} tileable"
         image = images.store_image(name, pixels, recipe)
         result = tileable.apply_tileable(
             objects, image, name=name, mapping=op.mapping, scale=op.scale
         )
-        notes = "; ".join(getattr(result, "notes", ()) or ())
         message = f"Tileable texture {image.name} on {len(objects)} object(s)"
-        return Outcome(message + (f" ({notes})" if notes else ""), {"images": [image.name]})
+        return Outcome(with_notes(message, result.notes), {"images": [image.name]})
 
 
 class GENART_OT_tileable(GenerateOperator, bpy.types.Operator):
