@@ -174,6 +174,12 @@ def check_capture(stdout: str) -> None:
         assert object_ids(passes) == [1], f"{engine}: ids {object_ids(passes)}"
 
 
+def scene_script(path: Path) -> str:
+    """A scene script for `run_in_blender`, with tests/blender on its sys.path so it can
+    import the shared `prologue` (installing the add-on, the animated test scene)."""
+    return f"import sys\nsys.path.insert(0, {str(path.parent)!r})\n" + path.read_text()
+
+
 def run_in_blender(
     tmp_path: Path,
     zip_path: Path,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import SidecarProcess
 from sdtiny import build_tiny_controlnet, build_tiny_sd
-from test_blender_addon import build_addon, run_in_blender
+from test_blender_addon import build_addon, run_in_blender, scene_script
 
 pytestmark = [pytest.mark.blender, pytest.mark.process]
 
@@ -31,7 +31,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         out.mkdir()
         body = (
             f"OUT = {str(out)!r}\nSD = {str(sd)!r}\nCN = {str(cn)!r}\n"
-            f"MISSING = {str(tmp / 'missing' / 'connection.json')!r}\n" + SCRIPT.read_text()
+            f"MISSING = {str(tmp / 'missing' / 'connection.json')!r}\n" + scene_script(SCRIPT)
         )
         env = {"GENART_CONNECTION_FILE": str(sc.connection_file)}
         proc = run_in_blender(tmp, build_addon.build(tmp / "zip"), body, extra_env=env, timeout=400)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import SidecarProcess
 from sdtiny import build_tiny_sd
-from test_blender_addon import build_addon, run_in_blender
+from test_blender_addon import build_addon, run_in_blender, scene_script
 
 pytestmark = [pytest.mark.blender, pytest.mark.process]
 
@@ -33,7 +33,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
     def run(mode: str) -> tuple[Any, Path]:
         out = tmp / f"out-{mode}"
         out.mkdir()
-        body = f"OUT = {str(out)!r}\nSD = {str(sd)!r}\nMODE = {mode!r}\n" + SCRIPT.read_text()
+        body = f"OUT = {str(out)!r}\nSD = {str(sd)!r}\nMODE = {mode!r}\n" + scene_script(SCRIPT)
         conn = {"GENART_CONNECTION_FILE": str(sc.connection_file)}
         work = tmp / f"work-{mode}"
         work.mkdir()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import SidecarProcess
 from sdtiny import build_tiny_sd
-from test_blender_addon import build_addon, run_in_blender
+from test_blender_addon import build_addon, run_in_blender, scene_script
 
 pytestmark = [pytest.mark.blender, pytest.mark.process]
 
@@ -28,7 +28,7 @@ def res(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         out = tmp / "out"
         out.mkdir()
-        body = f"OUT = {str(out)!r}\nSD = {str(sd)!r}\n" + SCRIPT.read_text()
+        body = f"OUT = {str(out)!r}\nSD = {str(sd)!r}\n" + scene_script(SCRIPT)
         env = {"GENART_CONNECTION_FILE": str(sc.connection_file)}
         proc = run_in_blender(tmp, build_addon.build(tmp / "zip"), body, extra_env=env, timeout=500)
         log = proc.stdout[-5000:] + proc.stderr[-3000:]

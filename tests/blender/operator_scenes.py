@@ -15,15 +15,9 @@ from pathlib import Path
 
 import bpy
 import numpy as np
+from prologue import MOD, install_addon
 
-bpy.ops.wm.read_factory_settings(use_empty=True)  # first: it would unload the add-on
-assert bpy.ops.extensions.package_install_files(
-    repo="user_default",
-    filepath=ZIP,  # noqa: F821 (prepended by the test)
-    enable_on_install=True,
-) == {"FINISHED"}
-MOD = "bl_ext.user_default.genart"
-addon = importlib.import_module(MOD)
+addon = install_addon(ZIP)  # noqa: F821 (prepended by the test)
 pngio = importlib.import_module(MOD + ".pngio")
 images = importlib.import_module(MOD + ".images")
 out = Path(OUT)  # noqa: F821

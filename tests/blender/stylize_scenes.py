@@ -4,43 +4,17 @@ prepended by the test; GENART_CONNECTION_FILE points at the sidecar."""
 
 import importlib
 import json
-import math
 from pathlib import Path
 
 import bpy
+from prologue import MOD, install_addon, six_frame_scene
 
-bpy.ops.wm.read_factory_settings(use_empty=True)  # first: it would unload the add-on
-assert bpy.ops.extensions.package_install_files(
-    repo="user_default",
-    filepath=ZIP,  # noqa: F821 (prepended by the test)
-    enable_on_install=True,
-) == {"FINISHED"}
-MOD = "bl_ext.user_default.genart"
-addon = importlib.import_module(MOD)
+addon = install_addon(ZIP)  # noqa: F821 (prepended by the test)
 pngio = importlib.import_module(MOD + ".pngio")
 out = Path(OUT)  # noqa: F821
 results: dict = {}
 
-sc = bpy.context.scene
-bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"  # frames 1-4 stay
-sc.render.engine = "CYCLES"
-sc.cycles.samples = 1
-sc.cycles.device = "CPU"
-sc.cycles.use_denoising = False
-sc.render.resolution_x, sc.render.resolution_y = 64, 48
-sc.frame_start, sc.frame_end = 1, 6
-bpy.ops.mesh.primitive_plane_add(size=20)
-bpy.ops.mesh.primitive_cube_add(size=2, location=(-3, 0, 1))
-cube = bpy.context.object
-for f, x in enumerate((-3.0, -2.0, -1.0, 0.0, 1.0, 2.0), start=1):  # a key per frame
-    cube.location.x = x
-    cube.keyframe_insert("location", frame=f)
-
-cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
-sc.collection.objects.link(cam)
-cam.location, cam.rotation_euler = (0, -10, 5), (math.radians(65), 0, 0)
-sc.camera = cam
-bpy.ops.wm.save_as_mainfile(filepath=str(out / "anim.blend"))
+sc, cube = six_frame_scene(out)  # linear keys on every frame: frames 1-4 stay put
 
 assert bpy.ops.genart.check_sidecar() == {"FINISHED"}
 session = addon.runtime.session()
