@@ -127,19 +127,10 @@ def start_sidecar(state: Path, plugins: Path) -> subprocess.Popen[bytes]:
 def run_blender(tmp: Path, config: dict[str, Any], timeout: float) -> dict[str, Any]:
     """This script again with `--child`, in a fresh Python with a throwaway Blender user
     (as tests/test_blender_addon.py's run_in_blender); returns what it reports."""
-    user = tmp / "blender-user"
-    (tmp / "home").mkdir(parents=True)
-    env = {
-        **os.environ,
-        "BLENDER_USER_RESOURCES": str(user),
-        "BLENDER_USER_CONFIG": str(user / "config"),
-        "BLENDER_USER_SCRIPTS": str(user / "scripts"),
-        "BLENDER_USER_EXTENSIONS": str(user / "extensions"),
-        "BLENDER_USER_DATAFILES": str(user / "datafiles"),
-        "HOME": str(tmp / "home"),
-        "PYTHONNOUSERSITE": "1",
-    }
-    env.pop("PYTHONPATH", None)
+    sys.path.insert(0, str(ROOT / "dev"))
+    import build_addon
+
+    env = build_addon.sandbox_env(tmp / "blender-user", tmp / "home")
     cfg = tmp / "config.json"
     cfg.write_text(json.dumps(config))
     out = subprocess.run(

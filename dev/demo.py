@@ -119,20 +119,10 @@ def start_sidecar(state: Path, models: Path, log: Path) -> subprocess.Popen[byte
 
 def blender_env(user: Path, connection: Path) -> dict[str, str]:
     """A throwaway Blender user: the developer's own Blender config stays untouched."""
+    import build_addon
+
     shutil.rmtree(user, ignore_errors=True)
-    (user / "home").mkdir(parents=True)
-    env = {
-        **os.environ,
-        "BLENDER_USER_RESOURCES": str(user),
-        "BLENDER_USER_CONFIG": str(user / "config"),
-        "BLENDER_USER_SCRIPTS": str(user / "scripts"),
-        "BLENDER_USER_EXTENSIONS": str(user / "extensions"),
-        "BLENDER_USER_DATAFILES": str(user / "datafiles"),
-        "HOME": str(user / "home"),
-        "PYTHONNOUSERSITE": "1",
-        "GENART_CONNECTION_FILE": str(connection),
-    }
-    env.pop("PYTHONPATH", None)
+    env = build_addon.sandbox_env(user, user / "home", {"GENART_CONNECTION_FILE": str(connection)})
     env.pop("GENART_SIDECAR", None)
     return env
 

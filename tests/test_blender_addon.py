@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -191,21 +190,7 @@ def run_in_blender(
     """Runs BLOCKER + `body` in a fresh Python with the bpy wheel (`python`: this venv's
     5.0 by default) and a throwaway Blender user (`ZIP` names the add-on zip); shared by the
     other Blender test files."""
-    user = tmp_path / "blender-user"
-    env = {
-        **os.environ,
-        # A throwaway user: the developer's own Blender config and extensions stay untouched.
-        "BLENDER_USER_RESOURCES": str(user),
-        "BLENDER_USER_CONFIG": str(user / "config"),
-        "BLENDER_USER_SCRIPTS": str(user / "scripts"),
-        "BLENDER_USER_EXTENSIONS": str(user / "extensions"),
-        "BLENDER_USER_DATAFILES": str(user / "datafiles"),
-        "HOME": str(tmp_path / "home"),
-        "PYTHONNOUSERSITE": "1",
-        **(extra_env or {}),
-    }
-    env.pop("PYTHONPATH", None)
-    (tmp_path / "home").mkdir(exist_ok=True)
+    env = build_addon.sandbox_env(tmp_path / "blender-user", tmp_path / "home", extra_env)
     script = tmp_path / "install_addon.py"
     script.write_text(BLOCKER + f"ZIP = {str(zip_path)!r}\n" + body)
     # cwd outside the checkout so the repository is not on sys.path by accident.
