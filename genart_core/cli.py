@@ -2,8 +2,9 @@
 
     genart [--connection-file PATH] status | jobs [--state S] | events JOB [--since N]
            | wait JOB | cancel JOB | submit ENGINE [-p NAME=VALUE ...] [--wait] | shutdown
-           | generate --model M --prompt P [...] --out FILE
+           | generate [--model M] --prompt P [...] --out FILE
            | convert taming SRC.ckpt|.safetensors DST_FOLDER [--config taming.yaml]
+           | train diffusion|vqgan --out FOLDER --steps N [...]
 
 It uses the same stdlib client as the Blender add-on. Exit codes: 0 success, 1 a job
 failed or was cancelled, 2 bad usage, 3 the sidecar cannot be reached.
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         help="generate one image and write it (starts a sidecar for the call when none is running)",
     )
     generate.add_arguments(gen)
+    sub.add_parser(
+        "train",
+        help="train a micro model on this machine (no sidecar): genart train diffusion|vqgan -h",
+        add_help=False,
+    )
     conv = sub.add_parser(
         "convert", help="convert a checkpoint into a diffusers folder (no sidecar needed)"
     )
@@ -196,6 +202,11 @@ def run(args: argparse.Namespace, client: Client) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # offline, its own options
+        from .micro.train_cli import main as train
+
+        return train(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "convert":  # offline: no sidecar involved
         return _convert(args)
