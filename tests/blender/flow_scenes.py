@@ -1,0 +1,63 @@
+"""Runs inside the bpy wheel (tests/test_temporal_blender.py): a scene whose motion is
+known, captured with the installed add-on on frames 1-3; RESULTS (JSON) lists the files.
+
+An orthographic camera looks straight down (-Z) at a ground plane, 8 px per unit
+(ortho_scale 8 over 64 px). A cube slides +0.5 units in X and +0.25 in Y per frame
+(4 px right, 2 px up on screen); a flat square turns 15 degrees per frame about +Z around
+its centre at (-2.2, -0.8). Keys are linear, so each frame's motion is exactly that.
+Not collected by pytest; `ZIP` and `OUT` are prepended by the test.
+"""
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import bpy
+
+assert bpy.ops.extensions.package_install_files(
+    repo="user_default",
+    filepath=ZIP,  # noqa: F821 (prepended by the test)
+    enable_on_install=True,
+) == {"FINISHED"}
+cap = importlib.import_module("bl_ext.user_default.genart.capture")
+out = Path(OUT)  # noqa: F821
+
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"
+sc = bpy.context.scene
+sc.render.engine = "CYCLES"
+sc.cycles.samples = 1
+sc.cycles.device = "CPU"
+sc.cycles.use_denoising = False
+sc.render.resolution_x, sc.render.resolution_y = 64, 48
+sc.frame_start, sc.frame_end = 1, 3
+bpy.ops.mesh.primitive_plane_add(size=30)
+bpy.ops.mesh.primitive_cube_add(size=2, location=(1.0, 0.5, 1.0))
+cube = bpy.context.object
+cube.name = "Slider"
+for f in (1, 2, 3):
+    cube.location = (1.0 + 0.5 * (f - 1), 0.5 + 0.25 * (f - 1), 1.0)
+    cube.keyframe_insert("location", frame=f)
+bpy.ops.mesh.primitive_plane_add(size=2.8, location=(-2.2, -0.8, 0.5))
+turner = bpy.context.object
+turner.name = "Turner"
+for f in (1, 2, 3):
+    turner.rotation_euler = (0.0, 0.0, math.radians(15.0 * (f - 1)))
+    turner.keyframe_insert("rotation_euler", frame=f)
+cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+cam.data.type = "ORTHO"
+cam.data.ortho_scale = 8.0
+sc.collection.objects.link(cam)
+cam.location, cam.rotation_euler = (0.0, 0.0, 10.0), (0.0, 0.0, 0.0)
+sc.camera = cam
+
+results = {"frames": {}}
+for f in (1, 2, 3):
+    c = cap.capture_camera(sc, out / f"f{f}", frame=f)
+    results["frames"][str(f)] = {
+        "passes": str(c.passes_path),
+        "ids": {k: v for k, v in c.ids.items()},
+    }
+(out / "results.json").write_text(json.dumps(results))
+print("GENART-FLOW-OK")
