@@ -303,7 +303,8 @@ class JobRunner:
             if release is not None:
                 self._do_release(*release)
             with self._wake:
-                picked = self.store.next_frame()
+                background = [e["name"] for e in self.engines if e.get("background")]
+                picked = self.store.next_frame(background)
                 if picked is None:
                     self._wake.wait(1.0)
                     continue
@@ -424,6 +425,11 @@ class JobRunner:
             elif kind == "cancelled":
                 self.store.requeue_frame(job_id, idx, crashed=False)
                 self.finish(job_id, "cancelled", {"frame": idx})
+                return
+            elif kind == "yielded":  # a background engine's chunk: queued again, behind others
+                self.store.requeue_frame(job_id, idx, crashed=False)
+                if job_id in self._cancelling:
+                    self.finish(job_id, "cancelled", {"frame": idx})
                 return
 
     def _after_frame(self, job: dict[str, Any], idx: int) -> None:

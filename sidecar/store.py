@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,13 +239,19 @@ class Store:
             ).fetchall()
         return [r["idx"] for r in rows]
 
-    def next_frame(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The oldest pending frame of the oldest unfinished job, or None."""
+    def next_frame(
+        self, background: Iterable[str] = ()
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The oldest pending frame of the oldest unfinished job, or None; jobs of the
+        `background` engines only when no other job has a pending frame."""
+        names = list(background)
+        marks = ",".join("?" * len(names)) or "NULL"
         with self.lock:
             frame = self.db.execute(
                 "SELECT f.* FROM frames f JOIN jobs j ON j.id = f.job"
                 " WHERE f.state='pending' AND j.state IN ('queued','running')"
-                " ORDER BY j.created, f.idx LIMIT 1"
+                f" ORDER BY (j.engine IN ({marks})), j.created, f.idx LIMIT 1",
+                names,
             ).fetchone()
             if frame is None:
                 return None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from genart_core.engines import available_engines
-from genart_core.engines.base import Cancelled, Engine, Input, Output, RunContext
+from genart_core.engines.base import Cancelled, Engine, Input, Output, RunContext, Yield
 from genart_core.protocol import messages
 from genart_core.protocol.atomicio import atomic_write
 from genart_core.protocol.errors import (
@@ -153,6 +153,8 @@ class Worker:
             metas = [_store(out, Path(run["output_dir"]), frame) for out in outputs]
         except Cancelled:
             self.send("cancelled", ids)
+        except Yield as y:
+            self.send("yielded", {**ids, "message": str(y)})
         except GenartError as exc:
             self.send("error", {**ids, "error": exc.to_dict()})
         except MemoryError as exc:

@@ -22,6 +22,11 @@ from .schema import Param
 TASKS = ("txt2img", "img2img", "control", "inpaint", "sequence")
 
 
+class Yield(Exception):  # noqa: N818 - not an error: the engine hands the worker back
+    """Raised by a `background` engine after a chunk of work (its state saved): the frame
+    goes back to the queue behind other jobs and runs again later, resuming."""
+
+
 class Cancelled(GenartError):
     """Raised inside an engine's run when its job was cancelled (not a failure)."""
 
@@ -98,6 +103,9 @@ class Engine(ABC):
     tasks: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
     help: ClassVar[str] = ""
+    # Background engines (training) get the worker only when no other job waits; their
+    # frames work in chunks and raise `Yield` between them.
+    background: ClassVar[bool] = False
     # What the engine can do whatever model it runs, e.g. {"depth_control": True}. Per
     # model capabilities come from `model_capabilities` once a model is known.
     capabilities: ClassVar[dict[str, Any]] = {}
@@ -115,6 +123,7 @@ class Engine(ABC):
             "inputs": dict(cls.inputs),
             "capabilities": dict(cls.capabilities),
             "help": cls.help,
+            "background": cls.background,
         }
 
     def model_capabilities(self, params: dict[str, Any]) -> dict[str, Any]:
