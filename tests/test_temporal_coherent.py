@@ -1,0 +1,87 @@
+"""The coherence mechanisms (issue 9) on the synthetic moving square of
+test_temporal_flow: what each switch does to the init image, the noise and the output,
+and that a flickering per-frame "stylizer" flickers less through them."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_temporal_flow import scene
+
+from genart_core.temporal.coherent import Coherence, Frame, Previous, finish, prepare
+from genart_core.temporal.flow import warping_error
+
+
+def frames_of(s: dict) -> list[Frame]:
+    return [Frame(v, i, d) for v, i, d in zip(s["vectors"], s["ids"], s["depths"], strict=True)]
+
+
+def test_the_first_frame_is_the_render_with_fresh_noise() -> None:
+    s = scene(1, (4, 0))
+    step = prepare(Coherence(0.5, True, 0.5), s["frames"][0], frames_of(s)[0], None,
+                   latent_shape=(4, 12, 16))  # fmt: skip
+    assert step.init is s["frames"][0] and step.warped is None
+    assert step.noise is not None and step.noise.shape == (4, 12, 16)
+
+
+def test_init_blend_uses_the_warped_previous_output_where_valid_only() -> None:
+    s = scene(2, (4, 0))
+    f = frames_of(s)
+    stylized0 = 255 - s["frames"][0]  # any picture of frame 0
+    step = prepare(Coherence(init_blend=1.0), s["frames"][1], f[1], Previous(stylized0, f[0]))
+    assert step.valid is not None and 0.8 < step.valid_share < 1.0
+    on_square = (s["ids"][1] == 2) & step.valid
+    expected = 255 - s["frames"][1]  # the square moved, so its inverted pixels moved too
+    assert np.abs(step.init[on_square].astype(int) - expected[on_square]).max() <= 1
+    assert np.array_equal(step.init[~step.valid], s["frames"][1][~step.valid])
+
+
+def test_anchored_noise_follows_the_surface_and_stays_gaussian() -> None:
+    s = scene(2, (8, 0))  # 2 latent cells at factor 4
+    f = frames_of(s)
+    shape = (4, 12, 16)
+    prev_noise = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    step = prepare(Coherence(anchored_noise=True), s["frames"][1], f[1],
+                   Previous(s["frames"][0], f[0], prev_noise), latent_shape=shape,
+                   rng=np.random.default_rng(2))  # fmt: skip
+    assert step.noise is not None
+    # the square's latent cells (rows 10..25 px -> cells 3..5, cols 16..31 -> 4..7 at t=1)
+    # carry the noise its cells had at t=0, two cells to the left
+    assert np.array_equal(step.noise[:, 3:6, 5:7], prev_noise[:, 3:6, 3:5])
+    # static background far from the square keeps its noise in place
+    assert np.array_equal(step.noise[:, 9:, 10:], prev_noise[:, 9:, 10:])
+    # the uncovered cells (the square's old place) get fresh noise
+    assert not np.array_equal(step.noise[:, 3:6, 2:4], prev_noise[:, 3:6, 2:4])
+    assert 0.8 < step.noise.std() < 1.2
+
+
+def test_post_blend_mixes_only_valid_pixels() -> None:
+    s = scene(2, (4, 0))
+    f = frames_of(s)
+    step = prepare(Coherence(post_blend=0.5), s["frames"][1], f[1],
+                   Previous(np.zeros_like(s["frames"][0]), f[0]))  # fmt: skip
+    out = finish(Coherence(post_blend=0.5), np.full_like(s["frames"][1], 200), step)
+    assert step.valid is not None
+    assert (out[step.valid] == 100).all() and (out[~step.valid] == 200).all()
+
+
+def test_a_flickering_stylizer_flickers_less_through_coherence() -> None:
+    s = scene(8, (3, 1))
+    f = frames_of(s)
+    rng = np.random.default_rng(0)
+
+    def stylize(init: np.ndarray) -> np.ndarray:  # a colour shift that changes every call
+        return np.clip(init.astype(int) // 2 + rng.integers(0, 60, 3), 0, 255).astype(np.uint8)
+
+    def run(cfg: Coherence) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        prev = None
+        for t in range(8):
+            step = prepare(cfg, s["frames"][t], f[t], prev)
+            o = finish(cfg, stylize(step.init), step)
+            out.append(o)
+            prev = Previous(o, f[t])
+        return out
+
+    naive = warping_error(run(Coherence()), s["vectors"], ids=s["ids"]).mean
+    coherent = warping_error(run(Coherence(post_blend=0.8)), s["vectors"], ids=s["ids"]).mean
+    assert coherent < naive / 3, (coherent, naive)
