@@ -364,10 +364,14 @@ class JobRunner:
         params = {**loads(job["params"]), **(loads(frame["params"]) or {})}
         frames_total = job["frames_expected"]
         out_dir = self.store.output_dir(job_id)
+        # A sequence's previous frame, for engines that carry state across frames (its
+        # files are on disk, so this holds after a crash and a restart too).
+        previous = self.store.committed_frame(job_id, idx - 1) if job["sequence"] and idx else None
         started = time.monotonic()
         worker.send(
             "run",
             {
+                "previous": previous,
                 "job": job_id,
                 "frame": idx,
                 "frames": frames_total,

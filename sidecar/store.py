@@ -270,6 +270,17 @@ class Store:
             ).fetchone()
         return int(row["attempts"])
 
+    def committed_frame(self, job: str, idx: int) -> dict[str, Any] | None:
+        """A frame's inputs and outputs records once it is committed, else None."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT inputs, outputs FROM frames WHERE job=? AND idx=? AND state='committed'",
+                (job, idx),
+            ).fetchone()
+        if row is None:
+            return None
+        return {"inputs": loads(row["inputs"]) or {}, "outputs": loads(row["outputs"]) or []}
+
     def commit_frame(self, job: str, idx: int, outputs: list[dict[str, Any]]) -> None:
         with self._tx() as db:
             db.execute(

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from genart_core.engines import available_engines
-from genart_core.engines.base import Cancelled, Engine, Input, Output, RunContext, Yield
+from genart_core.engines.base import (
+    Cancelled,
+    Engine,
+    Input,
+    Output,
+    PreviousFrame,
+    RunContext,
+    Yield,
+)
 from genart_core.protocol import messages
 from genart_core.protocol.atomicio import atomic_write
 from genart_core.protocol.errors import (
@@ -135,18 +143,15 @@ class Worker:
             on_preview=lambda out: self.send("preview", ids, [_attachment(out)]),
             cancel_event=self.cancel_event,
         )
-        inputs = {
-            name: Input(
-                name=name,
-                kind=meta["kind"],
-                path=Path(meta["file"]),
-                dtype=meta.get("dtype"),
-                shape=tuple(meta["shape"]) if meta.get("shape") else None,
-                color_space=meta.get("color_space"),
-                encoding=meta.get("encoding"),
+        inputs = {name: _input(name, meta) for name, meta in run.get("inputs", {}).items()}
+        prev = run.get("previous")
+        if prev is not None:
+            ctx.previous = PreviousFrame(
+                inputs={n: _input(n, m) for n, m in prev["inputs"].items()},
+                outputs={
+                    o["name"]: _input(o["name"], {**o, "kind": "array"}) for o in prev["outputs"]
+                },
             )
-            for name, meta in run.get("inputs", {}).items()
-        }
         try:
             outputs = self.engine(run["engine"]).run(run["task"], run["params"], inputs, ctx)
             ctx.check_cancelled()
@@ -200,6 +205,19 @@ def memory_info() -> dict[str, Any]:
                 allocated=int(torch.cuda.memory_allocated()),
             )
     return info
+
+
+def _input(name: str, meta: dict[str, Any]) -> Input:
+    """An input (or a stored output) record as the engines read it."""
+    return Input(
+        name=name,
+        kind=meta["kind"],
+        path=Path(meta["file"]),
+        dtype=meta.get("dtype"),
+        shape=tuple(meta["shape"]) if meta.get("shape") else None,
+        color_space=meta.get("color_space"),
+        encoding=meta.get("encoding"),
+    )
 
 
 def _attachment(out: Output) -> Attachment:

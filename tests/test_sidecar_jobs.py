@@ -3,6 +3,7 @@ faults in the engine, several clients."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -288,3 +289,22 @@ def test_preview_list_status_and_unknown_job(client: Client) -> None:
     with pytest.raises(NotReady):
         client.call("preview", {"job": seq})
     client.cancel(seq)
+
+
+def test_a_sequence_frame_sees_its_committed_previous_frame(client: Client) -> None:
+    """Engines that carry state across frames (temporal coherence) get frame t-1's
+    committed inputs and outputs from disk, so it holds across crashes too."""
+    job = client.submit("fake", {"steps": 1, "width": 8, "height": 8, "report_previous": True},
+                        sequence=True, frames=3)  # fmt: skip
+    for i in range(3):
+        client.append(job, i, params={"seed": i})
+    client.close_input(job)
+    events: list[Event] = []
+    client.wait(job, events.append, timeout=30)
+    warned = {e.data["frame"]: e.data["warnings"] for e in events if e.type == "result"}
+    assert warned[0] == []
+    for t in (1, 2):
+        prev = client.result(job, t - 1).attachments["image"]
+        assert warned[t] == [
+            f"previous image sha256 {hashlib.sha256(bytes(prev.data)).hexdigest()}"
+        ]

@@ -62,6 +62,15 @@ class Output:
 
 
 @dataclass
+class PreviousFrame:
+    """A sequence's previous frame as committed: its inputs and its stored outputs (read
+    them like inputs: `read_inputs` or `Input.read_bytes`)."""
+
+    inputs: dict[str, Input]
+    outputs: dict[str, Input]
+
+
+@dataclass
 class RunContext:
     """What an engine gets besides its inputs: where it is and how to report back."""
 
@@ -73,6 +82,9 @@ class RunContext:
     on_preview: Callable[[Output], None] = lambda output: None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     warnings: list[str] = field(default_factory=list)
+    # A sequence's previous frame once committed (None for the first frame, stills, or
+    # when it failed): engines that carry state across frames read it from here.
+    previous: PreviousFrame | None = None
 
     def progress(self, step: int, steps: int) -> None:
         self.check_cancelled()

@@ -9,6 +9,7 @@ memory or crash the worker process. The sidecar offers it only when started with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any
@@ -61,6 +62,12 @@ class FakeEngine(Engine):
             max=1000,
         ),
         Param("fault_step", "int", 0, "step at which the fault hits", min=0),
+        Param(
+            "report_previous",
+            "bool",
+            False,
+            "warn with the sha256 of the sequence's previous frame's image (tests)",
+        ),
     )
 
     def run(
@@ -72,6 +79,10 @@ class FakeEngine(Engine):
             and (not params["fault_frames"] or ctx.frame in params["fault_frames"])
             and ctx.attempt <= params["fault_attempts"]
         )
+        if params["report_previous"] and ctx.previous is not None:
+            prev = ctx.previous.outputs.get("image")
+            digest = hashlib.sha256(prev.read_bytes()).hexdigest() if prev else "none"
+            ctx.warn(f"previous image sha256 {digest}")
         source = inputs.get("image")
         if task == "img2img" and source is None:
             raise EngineFailed("img2img needs an input named 'image'", field="inputs.image")
