@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,11 @@ import numpy as np
 
 from ...imaging.control import check_near_far, depth_to_disparity, fit_size, normals_to_bae
 from ...protocol.errors import EngineFailed, InvalidParams, OutOfMemory
+from ...temporal import coherent
+from ...temporal.coherent import Frame
 from ..base import Engine, Input, Output, RunContext
 from ..schema import MAX_PIXELS_PARAM, MAX_SIDE, Param, check_pixel_cap
+from . import coherence
 from .arrays import read_inputs, to_mask, to_rgb
 from .wrap import wrapped
 
@@ -56,6 +60,7 @@ class Prepared:
     image: np.ndarray | None  # (H, W, 3) float32 sRGB in [0, 1]
     mask: np.ndarray | None  # (H, W) float32, 1 = repaint
     controls: list[tuple[str, str, float, np.ndarray]]  # (kind, model ref, weight, map)
+    frame: Frame | None = None  # a sequence frame's passes when coherence is on
 
 
 class StableDiffusionEngine(Engine):
@@ -88,7 +93,8 @@ class StableDiffusionEngine(Engine):
             "model",
             "string",
             "",
-            "Hugging Face repo id, diffusers folder or .safetensors file",
+            "Hugging Face repo id, diffusers folder or .safetensors file; empty: the "
+            "embedded micro model (64 px textures, trained by the project)",
             max=4096,
         ),
         Param("prompt", "string", "", "what to generate", max=4000),
@@ -180,7 +186,14 @@ class StableDiffusionEngine(Engine):
             max=4096,
         ),
         Param("preview_every", "int", 5, "send a preview every N steps (0: never)", min=0, max=150),
+        *coherence.PARAMS,
     )
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        from ...micro import embedded_info
+
+        return {**super().describe(), "default_model": embedded_info()}
 
     def __init__(self) -> None:
         self._device: str | None = None
@@ -198,11 +211,7 @@ class StableDiffusionEngine(Engine):
         inputs: dict[str, Input],
         ctx: RunContext | None = None,
     ) -> Prepared:
-        if not params["model"]:
-            raise InvalidParams(
-                "choose a model: a Hugging Face repo id, a diffusers folder or a .safetensors file",
-                field="params.model",
-            )
+        model_ref(params)  # an empty model needs the embedded one
         width, height = params["width"], params["height"]
         check_pixel_cap(width, height, params["max_pixels"])
         arrays = read_inputs(inputs, self.inputs)
@@ -275,7 +284,10 @@ class StableDiffusionEngine(Engine):
                     "panorama and tileable exclude each other", field="params.panorama"
                 )
         self._check_loras(params)
-        return Prepared(mode, width, height, image, mask, controls)
+        frame = None
+        if task == "sequence" and mode == "img2img" and coherence.config(params) is not None:
+            frame = coherence.read_frame(inputs.get("passes"))
+        return Prepared(mode, width, height, image, mask, controls, frame)
 
     @staticmethod
     def _check_loras(params: dict[str, Any]) -> None:
@@ -374,7 +386,7 @@ class StableDiffusionEngine(Engine):
 
     def model_capabilities(self, params: dict[str, Any]) -> dict[str, Any]:
         self._ensure_device()
-        base = self._base(params["model"])
+        base = self._base(model_ref(params))
         return {
             **self.capabilities,
             "family": _family(base),
@@ -407,15 +419,15 @@ class StableDiffusionEngine(Engine):
         import torch
 
         try:
-            pipe = self._pipeline(params["model"], prep.mode, tuple(c[1] for c in prep.controls))
-            image = self._generate(pipe, prep, params, ctx)
+            pipe = self._pipeline(model_ref(params), prep.mode, tuple(c[1] for c in prep.controls))
+            image, extra = self._generate(pipe, prep, params, ctx)
         except (torch.OutOfMemoryError, MemoryError) as exc:
             raise OutOfMemory(
                 f"out of memory on {self._device} at {prep.width}×{prep.height}: lower the "
                 "resolution or the number of ControlNets, or free GPU memory (close other "
                 f"GPU programs, render first, then generate). ({exc})".split("\n")[0]
             ) from None
-        return [Output("image", image, "uint8", (prep.height, prep.width, 4), "srgb")]
+        return [Output("image", image, "uint8", (prep.height, prep.width, 4), "srgb"), *extra]
 
     @contextlib.contextmanager
     def _loras(self, base: Any, params: dict[str, Any]) -> Iterator[None]:
@@ -446,11 +458,14 @@ class StableDiffusionEngine(Engine):
 
     def _generate(
         self, pipe: Any, prep: Prepared, params: dict[str, Any], ctx: RunContext
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, list[Output]]:
         import torch
         from PIL import Image
 
-        base = self._bases[params["model"]]
+        base = self._bases[model_ref(params)]
+        unknown = unknown_words(base.tokenizer, params["prompt"])
+        if unknown:
+            ctx.warn(f"words the model does not know, ignored: {', '.join(unknown)}")
         # diffusers' SD pipelines want sides divisible by 8; a tileable latent must also
         # stay a torus through every downsampling of the UNet.
         multiple = pipe.vae_scale_factor
@@ -480,6 +495,19 @@ class StableDiffusionEngine(Engine):
             kwargs.update(width=gw, height=gh)
         else:
             kwargs.update(image=pil(prep.image), strength=params["strength"])  # type: ignore[arg-type]
+        coh = coherence.config(params) if prep.frame is not None else None
+        step = None
+        if coh is not None and prep.frame is not None:
+            f = pipe.vae_scale_factor
+            step = coherent.prepare(
+                coh,
+                np.asarray(kwargs["image"]),
+                prep.frame,
+                coherence.previous(ctx, (gw, gh)),
+                latent_shape=(base.unet.config.in_channels, gh // f, gw // f),
+                rng=np.random.default_rng([params["seed"], ctx.frame]),
+            )
+            kwargs["image"] = Image.fromarray(step.init)
         if prep.mode == "inpaint":
             kwargs.update(mask_image=pil(prep.mask, "L"), width=gw, height=gh)  # type: ignore[arg-type]
         if prep.controls:
@@ -514,9 +542,10 @@ class StableDiffusionEngine(Engine):
         with (
             self._loras(base, params),
             wrapped(modules, wrap_x, params["tileable"]),
+            coherence.fixed_noise(pipe, step.noise if step else None) as call,
             torch.inference_mode(),
         ):
-            out = pipe(
+            out = call(
                 **kwargs,
                 callback_on_step_end=on_step,
                 callback_on_step_end_tensor_inputs=["latents"],
@@ -526,10 +555,50 @@ class StableDiffusionEngine(Engine):
                 "the model produced NaN or inf pixels (try fp32 or another VAE)",
                 field="params.model",
             )
-        img = Image.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
+        pixels = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        extra: list[Output] = []
+        if coh is not None and step is not None:
+            pixels = coherent.finish(coh, pixels, step)
+            if step.noise is not None:
+                extra.append(coherence.noise_output(step.noise))
+            extra.append(coherence.valid_output(step.valid_share))
+        img = Image.fromarray(pixels, "RGB")
         wrap_x = params["tileable"] or params["panorama"]
         img = resize(img, (prep.width, prep.height), wrap_x, params["tileable"])
-        return np.ascontiguousarray(np.asarray(img.convert("RGBA")))
+        return np.ascontiguousarray(np.asarray(img.convert("RGBA"))), extra
+
+
+def model_ref(params: dict[str, Any]) -> str:
+    """The model a request names, or the embedded micro model when it names none."""
+    if params["model"]:
+        return str(params["model"])
+    from ...micro import EmbeddedModelError, embedded_model
+
+    try:
+        folder = embedded_model()
+    except EmbeddedModelError as exc:
+        raise InvalidParams(str(exc), field="params.model") from None
+    if folder is None:
+        raise InvalidParams(
+            "choose a model: a Hugging Face repo id, a diffusers folder or a .safetensors file "
+            "(this installation has no embedded model)",
+            field="params.model",
+        )
+    return str(folder)
+
+
+def unknown_words(tokenizer: Any, prompt: str) -> list[str]:
+    """The words of `prompt` that `tokenizer` can only read as its unknown token, each
+    once, in order. Byte-level BPE tokenizers (real CLIP) have none; the embedded model's
+    word-level tokenizer knows its training words and their synonyms."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        return []
+    out: list[str] = []
+    for word in re.findall(r"\w+", prompt.lower()):
+        if word not in out and unk in tokenizer(word, add_special_tokens=False).input_ids:
+            out.append(word)
+    return out
 
 
 def resize(img: Any, size: tuple[int, int], wrap_x: bool, wrap_y: bool) -> Any:
