@@ -593,7 +593,7 @@ def _prepare(run: Run) -> None:
         except GenartError as exc:
             run.fail(item.frame, J.error_text(exc)[0])
             continue
-        sha = runtime.session().model_sha(str(item.params.get("model", "")))
+        sha = runtime.session().model_sha(str(item.params.get("model", "")), item.engine)
         version = runtime.session().engine_version(item.engine)
         item.digest = stylize.frame_hash(item.inputs_hash, item.engine, version, sha, item.params)
         if stylize.existing_hash(item.out) == item.digest:

@@ -24,7 +24,11 @@ from .protocol.errors import InvalidParams
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="repo id, diffusers folder or .safetensors")
+    p.add_argument(
+        "--model",
+        default="",
+        help="repo id, diffusers folder or .safetensors (default: the embedded micro model)",
+    )
     p.add_argument("--prompt", default="")
     p.add_argument("--negative", default="")
     p.add_argument("--width", type=int, default=512)

@@ -238,7 +238,6 @@ class TestThroughTheSidecar:
     @pytest.mark.parametrize(
         ("task", "params", "inputs", "field"),
         [
-            ("txt2img", {}, {}, "params.model"),
             (
                 "txt2img",
                 {"width": 4000, "height": 4000, "max_pixels": 1_000_000},
@@ -288,8 +287,6 @@ class TestThroughTheSidecar:
             p["depth_controlnet"] = models["cn"]
         if p.get("normal_controlnet") == "CN":
             p["normal_controlnet"] = models["cn"]
-        if field == "params.model" and "model" not in params:
-            p["model"] = ""
         with sidecar.connect() as c, pytest.raises(InvalidParams) as exc:
             run(c, task, p, {k: arr(k, v) for k, v in inputs.items()})
         assert exc.value.field == field, exc.value

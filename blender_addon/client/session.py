@@ -184,8 +184,32 @@ class Session:
                 return str(e.get("version", ""))
         return ""
 
-    def model_sha(self, model: str) -> str | None:
-        """The sha256 the last `models` answer gives a model id or path, when hashed."""
+    def default_model(self, engine: str = "sd") -> dict[str, Any] | None:
+        """What `engine` runs when a request names no model (the embedded micro model), as
+        its welcome says: name, path, sha256, native size and notes; None if it has none."""
+        for e in self.welcome.get("engines", []):
+            if e.get("name") == engine and isinstance(e.get("default_model"), dict):
+                return dict(e["default_model"])
+        return None
+
+    def default_model_text(self, engine: str = "sd") -> str:
+        """'embedded genart-micro-sd (64 px textures ...)' or '' when there is none."""
+        default = self.default_model(engine)
+        if not default:
+            return ""
+        return f"embedded {default['name']}, used when no model is set"
+
+    def resolved_model(self, engine: str, model: str) -> str:
+        """`model`, or the name of the engine's default model when `model` is empty."""
+        default = None if model else self.default_model(engine)
+        return str(default["name"]) if default else model
+
+    def model_sha(self, model: str, engine: str = "sd") -> str | None:
+        """The sha256 of a model: the embedded default's from the welcome when `model` is
+        empty, else what the last hashed `models` answer gives its id or path."""
+        if not model:
+            default = self.default_model(engine)
+            return str(default["sha256"]) if default else None
         for m in self.models or []:
             if model and model in (m.get("id"), m.get("path")):
                 sha = m.get("sha256")

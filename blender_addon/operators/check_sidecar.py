@@ -36,6 +36,8 @@ def check_text(session: Session, pong_ms: float | None) -> str:
     ready = "" if welcome.get("engines_ready", True) else " (engines still loading)"
     ping = f", ping {pong_ms:.0f} ms" if pong_ms is not None else ""
     models = f"; {session.models_text}" if session.models_text else ""
+    default = session.default_model_text()
+    models += f"; model: {default}" if default else ""
     return (
         f"Sidecar ready: protocol {welcome.get('protocol_version', '?')} (add-on speaks "
         f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}), device {welcome.get('device', '?')}, "

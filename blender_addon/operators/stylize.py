@@ -121,7 +121,7 @@ class StylizeRun:
             f.params.update(near=near, far=far)
             assert f.capture.passes_path is not None  # PASSES were asked for
             f.inputs_hash = stylize.pixels_hash([f.capture.color_path, f.capture.passes_path])
-            model_sha = runtime.session().model_sha(str(f.params.get("model", "")))
+            model_sha = runtime.session().model_sha(str(f.params.get("model", "")), self.engine)
             f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, f.params)
         needed = [
             f

@@ -23,6 +23,18 @@ def sidecar_state_text(context: bpy.types.Context) -> str:
     return runtime.session().text
 
 
+def model_line(context: bpy.types.Context) -> str:
+    """'Model: embedded genart-micro-sd (none set)' while the scene's sd model is empty and
+    the sidecar has an embedded default; '' otherwise."""
+    scene = context.scene
+    engines = getattr(getattr(scene, "genart", None), "engines", None)
+    sd = getattr(engines, "sd", None)
+    if sd is None or getattr(sd, "model", "x"):
+        return ""
+    default = runtime.session().default_model("sd")
+    return f"Model: embedded {default['name']} (none set)" if default else ""
+
+
 class VIEW3D_PT_genart(bpy.types.Panel):
     bl_label = "genart"
     bl_space_type = "VIEW_3D"
@@ -40,6 +52,9 @@ class VIEW3D_PT_genart(bpy.types.Panel):
             col.label(text=session.memory_text, icon="MEMORY")
             if session.models_text:
                 col.label(text=session.models_text, icon="FILE_3D")
+            line = model_line(context)
+            if line:
+                col.label(text=line, icon="INFO")
         col.operator("genart.check_sidecar", icon="PLUGIN")
         actions = layout.column(align=True)
         actions.operator("genart.texture_from_camera", icon="TEXTURE")

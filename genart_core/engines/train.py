@@ -108,7 +108,6 @@ class TrainEngine(Engine):
             outputs.append(Output("samples", pixels, "uint8", pixels.shape, "srgb"))
         return outputs
 
-
     def _resume(self, task: str, out: Path, params: dict[str, Any]) -> tuple[Any, Any]:
         """The live trainer when it is the one whose checkpoint is on disk, else a new one
         or one loaded from the checkpoint."""

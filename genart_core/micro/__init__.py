@@ -1,3 +1,82 @@
-"""The project's own micro models (issue 8), trained here on the procedural textures:
-`vqgan` (the VQGAN's parts, losses and metrics) and `train_vqgan` (its training loop,
-checkpoints and evaluation). torch and diffusers are needed to import them."""
+"""The project's own micro models (issue 8), trained here on the procedural textures.
+
+Submodules (torch and diffusers needed): `vqgan` + `train_vqgan` (the micro VQGAN), `sd` +
+`train_sd` (the micro Stable Diffusion pipeline), `quality` (what generation means,
+measured), `train_cli` (`genart train`). This module itself is stdlib only: it names the
+embedded model that the `sd` engine uses when a request names none, and checks its files
+against the content hashes pinned here (weights are committed once and retrained only
+with a measured reason: docs/micro-models.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_NAME = "genart-micro-sd"
+EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / EMBEDDED_NAME
+PINS_FILE = EMBEDDED_DIR.parent / "pins.json"
+
+
+class EmbeddedModelError(RuntimeError):
+    """The embedded model's files are missing or differ from their pinned hashes."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pins() -> dict[str, str]:
+    """Relative path → sha256 of every file of the embedded model (weights/pins.json)."""
+    if not PINS_FILE.is_file():
+        return {}
+    return dict(json.loads(PINS_FILE.read_text())["files"])
+
+
+def folder_digest(files: dict[str, str]) -> str:
+    """One hash for the whole model: sha256 over the sorted "path sha" lines."""
+    lines = "".join(f"{p} {s}\n" for p, s in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+@cache
+def embedded_model() -> Path | None:
+    """The embedded model's folder after checking every file against its pin; None when
+    the checkout has no embedded model. Raises EmbeddedModelError on a mismatch."""
+    expected = pins()
+    if not expected:
+        return None
+    for rel, sha in expected.items():
+        f = EMBEDDED_DIR / rel
+        if not f.is_file():
+            raise EmbeddedModelError(f"embedded model file missing: {f}")
+        got = _sha256(f)
+        if got != sha:
+            raise EmbeddedModelError(
+                f"embedded model file {f} has sha256 {got[:16]}…, pinned {sha[:16]}…: "
+                "restore it from git (git checkout -- genart_core/micro/weights)"
+            )
+    return EMBEDDED_DIR
+
+
+def embedded_info() -> dict[str, Any] | None:
+    """What the handshake says about the default model (no hashing: cheap)."""
+    expected = pins()
+    if not expected:
+        return None
+    meta = json.loads(PINS_FILE.read_text())
+    return {
+        "name": EMBEDDED_NAME,
+        "path": str(EMBEDDED_DIR),
+        "sha256": folder_digest(expected),
+        "size_bytes": int(meta.get("size_bytes", 0)),
+        "native_size": int(meta.get("native_size", 64)),
+        "notes": list(meta.get("notes", [])),
+    }

@@ -32,6 +32,8 @@ sc.cycles.device = "CPU"
 sc.cycles.use_denoising = False
 sc.render.resolution_x, sc.render.resolution_y = 64, 48
 sc.frame_start, sc.frame_end = 1, 8
+
+
 def material(name, colour, checker=False):
     m = bpy.data.materials.new(name)
     m.use_nodes = True
