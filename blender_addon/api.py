@@ -88,7 +88,8 @@ def background(**options: Any) -> None:
 
 
 def stylize(**options: Any) -> None:
-    """Options: frame_start, frame_end, size, output, name, mp4."""
+    """Options: frame_start, frame_end, size, output, name, mp4, coherence ("EXACT_FLOW",
+    the default, or "OFF")."""
     _run("Stylize animation", "stylize_animation", None, **options)
 
 

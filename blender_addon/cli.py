@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--output", help="frames folder (default //genart/<name>/)")
     stylize.add_argument("--name", help="the strip's and the frames' name")
     stylize.add_argument("--mp4", action="store_true", help="also encode an MP4")
+    stylize.add_argument(
+        "--coherence",
+        choices=("exact-flow", "off"),
+        help="carry each stylized frame to the next along the render's motion vectors "
+        "(default exact-flow) or stylize every frame on its own",
+    )
     return parser
 
 
@@ -552,6 +558,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         "output": args.output,
         "name": args.name,
         "mp4": args.mp4 or None,
+        "coherence": args.coherence.upper().replace("-", "_") if args.coherence else None,
     }
     takes = {p.identifier for p in rna.properties}
     missing = [k for k, v in options.items() if v is not None and k not in takes]

@@ -54,7 +54,17 @@ TASK_LABELS = {
 # mapping per sequence, DESIGN §9), tileable and panorama (the action: tileable texture or
 # world background), online (bpy.app.online_access).
 ADDON_FILLED = frozenset(
-    {"width", "height", "near", "far", "camera_rotation", "tileable", "panorama", "online"}
+    {
+        "width",
+        "height",
+        "near",
+        "far",
+        "camera_rotation",
+        "tileable",
+        "panorama",
+        "online",
+        "coherence",  # the Stylize operator's choice
+    }
 )
 # Engines a task starts with, where the sidecar offers them (else its first for the task).
 DEFAULT_ENGINES = ("sd",)
@@ -358,6 +368,10 @@ GENART_PG_settings = type(
                 description="Every rendered frame (F12, Ctrl+F12, blender -b -a) also goes "
                 "through the sidecar, the stylized frame written beside Blender's output",
                 default=False,
+            ),
+            # What the last Stylize animation measured (the panel shows it).
+            "stylize_report": bpy.props.StringProperty(  # type: ignore[func-returns-value]
+                name="Last stylize", default=""
             ),
             **{k: v for task in TASKS for k, v in _selector(task).items()},
         },

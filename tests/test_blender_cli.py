@@ -200,6 +200,7 @@ def test_stylize_runs_the_operator_or_says_it_is_missing(run: dict[str, Any]) ->
     assert case["rc"] == 0 and case["err"] == "", case
     assert "genart: stylize animation: done" in case["out"], case["out"]
     assert len(case["frames"]) == 2, case["frames"]  # --output reached the operator
+    assert case["coherence"] == ["off"]  # and --coherence
 
 
 @pytest.mark.parametrize(

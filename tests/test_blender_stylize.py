@@ -71,8 +71,27 @@ def test_rerunning_costs_only_what_is_missing_or_changed(res: dict[str, Any]) ->
     assert again["rewritten"] == []
     resume = res["resume"]
     assert resume["sent_frames"] == 3 and resume["rewritten"] == FILES[3:], resume
+    # Deleted frames 4-6: frame 4 is built on frame 3 from disk (previous_image/passes),
+    # so it has a warping error like every frame after the first.
+    errors = resume["errors"]
+    assert errors["0001.png"] is None and all(errors[f] is not None for f in FILES[1:]), errors
+    # Exact flow: moving the cube on frames 5-6 also changes frame 4's motion vectors
+    # (towards frame 5), so 4, 5 and 6 are redone.
     moved = res["moved"]
-    assert moved["sent_frames"] == 2 and moved["rewritten"] == FILES[4:], moved
+    assert moved["sent_frames"] == 3 and moved["rewritten"] == FILES[3:], moved
+    # Coherence off: another mode, everything once; then a change on frame 6 alone
+    # redoes frame 6 alone (no vectors, no chain).
+    assert res["off_first"]["sent_frames"] == 6
+    off = res["off_moved"]
+    assert off["sent_frames"] == 1 and off["rewritten"] == FILES[5:], off
+
+
+def test_coherence_is_on_by_default_and_its_error_is_reported(res: dict[str, Any]) -> None:
+    frames = res["frames"]
+    assert {f["coherence"] for f in frames.values()} == {"exact_flow"}
+    assert frames["0001.png"]["warping_error"] is None  # nothing before it
+    assert all(frames[f]["warping_error"] >= 0 for f in FILES[1:])
+    assert "warping error" in res["report"] and "over 5 frames" in res["report"], res["report"]
 
 
 def test_mp4_and_bad_range(res: dict[str, Any]) -> None:

@@ -34,9 +34,18 @@ from .generate import (
 )
 
 TASK = "sequence"
-# What the per-frame path sends (and hashes): the coherent engine (issue 9) adds the
-# vector and object-index passes, whose frame-to-frame dependence then enters the hash.
+# What every frame sends (and hashes); with coherence also the motion vectors and object
+# ids, and each frame's hash then includes its predecessor's (it is built on it).
 PASSES = ("depth", "normal")
+COHERENCE_PASSES = ("vector", "object_index")
+COHERENCE_ITEMS = [
+    (
+        "EXACT_FLOW",
+        "Exact flow",
+        "Carry each stylized frame to the next along the render's motion vectors (less flicker)",
+    ),
+    ("OFF", "Off", "Stylize every frame on its own"),
+]
 
 
 @dataclass
@@ -67,6 +76,8 @@ class StylizeRun:
     skipped: int = 0
     failed: dict[int, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    coherence: str = "exact_flow"  # or "off"
+    errors: dict[int, float] = field(default_factory=dict)  # frame -> its warping error
 
     def __post_init__(self) -> None:
         self.todo = list(self.frames)
@@ -89,7 +100,7 @@ class StylizeRun:
                 self.work,
                 width=self.width,
                 height=self.height,
-                passes=PASSES,
+                passes=PASSES + (COHERENCE_PASSES if self.coherent else ()),
                 stem=f"{frame:04d}",
             )
         except capture.CaptureError as exc:
@@ -100,6 +111,7 @@ class StylizeRun:
             "height": self.height,
             "camera_rotation": list(cap.camera_rotation),
             "prompt": stylize.resolve_prompt(scene, frame, engine_prompt),
+            "coherence": self.coherence,
         }
         request = bridge.build_request(scene, TASK, filled)
         self.engine = request.engine
@@ -109,6 +121,10 @@ class StylizeRun:
             self.timings["render"] = time.monotonic() - self._t0
         return not self.todo
 
+    @property
+    def coherent(self) -> bool:
+        return self.coherence != "off"
+
     # -- 2. submit what is not on disk yet ------------------------------------------------
     def submit(self) -> J.Job | None:
         """Sequence-wide near/far, recipe hashes, then one sequence job for the frames
@@ -117,12 +133,16 @@ class StylizeRun:
         near = min(f.capture.near for f in self.rendered)
         far = max(f.capture.far for f in self.rendered)
         version = runtime.session().engine_version(self.engine)
+        chained = self.coherent and "coherence" in f_params(self.rendered)
+        before = ""
         for f in self.rendered:
             f.params.update(near=near, far=far)
             assert f.capture.passes_path is not None  # PASSES were asked for
             f.inputs_hash = stylize.pixels_hash([f.capture.color_path, f.capture.passes_path])
             model_sha = runtime.session().model_sha(str(f.params.get("model", "")), self.engine)
-            f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, f.params)
+            hashed = {**f.params, "previous_frame": before} if chained else f.params
+            f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, hashed)
+            before = f.digest
         needed = [
             f
             for f in self.rendered
@@ -135,6 +155,7 @@ class StylizeRun:
         self.job = session.jobs.submit_sequence(
             self.engine, base, task=TASK, frames=len(needed), label=f"Stylize {self.name}"
         )
+        by_frame = {f.frame: f for f in self.rendered}
         for i, f in enumerate(needed):
             self.index[i] = f
             overrides = {k: v for k, v in f.params.items() if base.get(k) != v}
@@ -143,9 +164,25 @@ class StylizeRun:
                 "image": Attachment.blob("image", f.capture.color_path.read_bytes(), "png"),
                 "passes": Attachment.blob("passes", f.capture.passes_path.read_bytes(), "exr"),
             }
+            prior = by_frame.get(f.frame - 1)
+            if chained and prior is not None and (i == 0 or needed[i - 1] is not prior):
+                inputs.update(self._previous_inputs(prior))  # on disk, not in this job
             session.jobs.append(self.job, i, inputs, overrides)
         session.jobs.close(self.job)
         return self.job
+
+    def _previous_inputs(self, before: Frame) -> dict[str, Attachment]:
+        """The stylized frame before a re-run's first (or a gap) and its passes, so
+        coherence carries on from what is on disk."""
+        path = stylize.frame_path(self.folder, before.frame)
+        if not path.is_file() or before.capture.passes_path is None:
+            return {}
+        return {
+            "previous_image": Attachment.blob("previous_image", path.read_bytes(), "png"),
+            "previous_passes": Attachment.blob(
+                "previous_passes", before.capture.passes_path.read_bytes(), "exr"
+            ),
+        }
 
     # -- 3. write frames as they come ---------------------------------------------------
     def collect(self, context: bpy.types.Context, options: dict[str, Any]) -> None:
@@ -158,6 +195,10 @@ class StylizeRun:
             recipe = recipe_for(context, _ACTION, holder, options)
             recipe.update(frame=f.frame, near=f.params["near"], far=f.params["far"])
             recipe["inputs_sha256"] = f.inputs_hash
+            flicker = _scalar(reply, "warping_error")
+            if flicker is not None:
+                self.errors[f.frame] = flicker
+                recipe["warping_error"] = round(flicker, 3)
             path = stylize.frame_path(self.folder, f.frame)
             stylize.write_frame(path, result_pixels(holder), recipe, f.digest)
             self.written.append(path)
@@ -183,6 +224,29 @@ class StylizeRun:
         )
         self.timings["total"] = time.monotonic() - self._t0
         return strip, movie
+
+
+def _scalar(reply: Any, name: str) -> float | None:
+    """A one-number float32 output of a frame's result, if it came."""
+    import numpy as np
+
+    att = reply.attachments.get(name) if reply is not None else None
+    if att is None or att.dtype != "float32":
+        return None
+    return float(np.frombuffer(att.data, np.float32)[0])
+
+
+def measured(run: StylizeRun) -> str:
+    """'warping error 3.2 (mean over 23 frames, exact flow)' or ''."""
+    if not run.errors:
+        return ""
+    mean = sum(run.errors.values()) / len(run.errors)
+    return f"warping error {mean:.2f} (mean over {len(run.errors)} frames, exact flow)"
+
+
+def f_params(frames: list[Frame]) -> dict[str, Any]:
+    """The parameters the engine takes (those of the first frame: all frames share keys)."""
+    return frames[0].params if frames else {}
 
 
 class _StylizeAction:
@@ -254,6 +318,9 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
     )
     name: bpy.props.StringProperty(name="Name", default="")  # type: ignore[valid-type]
     mp4: bpy.props.BoolProperty(name="MP4", default=False, description="Also encode an MP4")  # type: ignore[valid-type]
+    coherence: bpy.props.EnumProperty(  # type: ignore[valid-type]
+        name="Coherence", items=COHERENCE_ITEMS, default="EXACT_FLOW"
+    )
 
     def _start(self, context: bpy.types.Context) -> StylizeRun:
         scene = _scene(context)
@@ -278,6 +345,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             list(range(start, end + 1)),
             self.size,
             scene_output_dir(context, "stylize"),
+            coherence=self.coherence.lower(),
         )
         client = runtime.session().client
         if client is not None:  # free the GPU for Blender's renders (best effort)
@@ -330,12 +398,17 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
     def report_done(self, run: StylizeRun, strip: Any, movie: Path | None) -> None:
         self.generated = len(run.written)
         self.skipped = run.skipped
+        quality = measured(run)
+        run.scene.genart.stylize_report = (  # type: ignore[attr-defined]
+            f"{run.name}: {len(run.written)} frames generated" + (f", {quality}" if quality else "")
+        )
         self.report(
             {"INFO"},
             f"Stylized {len(run.frames)} frames into {run.folder} ({len(run.written)} generated, "
             f"{run.skipped} up to date), strip '{strip.name}' in channel {strip.channel}"
             + f" of scene '{strip.id_data.name}'"
-            + (f", {movie.name}" if movie else ""),
+            + (f", {movie.name}" if movie else "")
+            + (f"; {quality}" if quality else ""),
         )
 
     # UI: render one frame per timer tick, then follow the job (Esc cancels it).

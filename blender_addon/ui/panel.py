@@ -26,10 +26,9 @@ def sidecar_state_text(context: bpy.types.Context) -> str:
 def model_line(context: bpy.types.Context) -> str:
     """'Model: embedded genart-micro-sd (none set)' while the scene's sd model is empty and
     the sidecar has an embedded default; '' otherwise."""
-    scene = context.scene
-    engines = getattr(getattr(scene, "genart", None), "engines", None)
-    sd = getattr(engines, "sd", None)
-    if sd is None or getattr(sd, "model", "x"):
+    settings: Any = getattr(context.scene, "genart", None)
+    sd: Any = getattr(getattr(settings, "engines", None), "sd", None)
+    if sd is None or str(getattr(sd, "model", "")):
         return ""
     default = runtime.session().default_model("sd")
     return f"Model: embedded {default['name']} (none set)" if default else ""
@@ -61,6 +60,9 @@ class VIEW3D_PT_genart(bpy.types.Panel):
         actions.operator("genart.tileable", icon="TEXTURE_DATA")
         actions.operator("genart.background", icon="WORLD")
         render_hook.draw_panel(layout, context)
+        report = str(getattr(getattr(context.scene, "genart", None), "stylize_report", ""))
+        if report:
+            layout.label(text=f"Last stylize: {report}", icon="SEQUENCE")
         for job in session.jobs.active():
             box = layout.box()
             row = box.row()

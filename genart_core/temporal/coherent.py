@@ -150,3 +150,13 @@ def finish(cfg: Coherence, output: np.ndarray, step: Step) -> np.ndarray:
     mixed = (1 - cfg.post_blend) * output.astype(np.float32) + cfg.post_blend * step.warped
     out = np.where(step.valid[..., None], mixed, output.astype(np.float32))
     return out.round().clip(0, 255).astype(np.uint8)
+
+
+def frame_error(output: np.ndarray, step: Step) -> float | None:
+    """This frame's warping error (`flow.warping_error` for one frame): the mean absolute
+    difference, 0-255 per channel, between the output and the previous output warped to
+    it, over the valid pixels; None for a first frame."""
+    if step.warped is None or step.valid is None or not step.valid.any():
+        return None
+    diff = np.abs(output[..., :3].astype(np.float32) - step.warped).mean(axis=2)
+    return float(diff[step.valid].mean())

@@ -27,6 +27,7 @@ MOD = "bl_ext.user_default.genart"
 importlib.import_module(MOD)
 cli = importlib.import_module(MOD + ".cli")
 images = importlib.import_module(MOD + ".images")
+addon_pngio = importlib.import_module(MOD + ".pngio")
 out = Path(OUT)  # noqa: F821
 conn, sd_path, cn_path, missing = CONN, SD, CN, MISSING  # noqa: F821
 results: dict = {"registered": cli.registered()}
@@ -255,8 +256,16 @@ if has_stylize:  # frames 1-2 (the scene's range) with tiny SD, into a folder of
         "64",
         "--output",
         str(out / "frames"),
+        "--coherence",
+        "off",
     )
     results["stylize"]["frames"] = sorted(p.name for p in (out / "frames").glob("*.png"))
+    results["stylize"]["coherence"] = sorted(
+        {
+            json.loads(addon_pngio.read_text(p)["genart"])["params"].get("coherence")
+            for p in (out / "frames").glob("*.png")
+        }
+    )
 
 (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 print("GENART-CLI-OK")

@@ -56,6 +56,7 @@ def run(**kw) -> dict:
 
 
 results["first"] = run()
+results["report"] = sc.genart.stylize_report
 frames = {}
 for p in sorted(folder.glob("*.png")):
     text = pngio.read_text(p)
@@ -67,6 +68,8 @@ for p in sorted(folder.glob("*.png")):
         "frame": recipe["frame"],
         "near_far": [recipe["near"], recipe["far"]],
         "parameters": text["parameters"][:80],
+        "warping_error": recipe.get("warping_error"),
+        "coherence": recipe["params"].get("coherence"),
     }
 results["frames"] = frames
 se = bpy.data.scenes["Scene genart"].sequence_editor
@@ -89,12 +92,20 @@ results["again"] = run()
 for name in ("0004.png", "0005.png", "0006.png"):  # an interrupted run left 3 frames
     (folder / name).unlink()
 results["resume"] = run()
+results["resume"]["errors"] = {
+    p.name: json.loads(pngio.read_text(p)["genart"]).get("warping_error")
+    for p in sorted(folder.glob("*.png"))
+}
 cube.location.x = 0.0  # move the cube on frames 5-6 only
 cube.keyframe_insert("location", frame=5)
 cube.location.x = 0.5
 cube.keyframe_insert("location", frame=6)
 results["moved"] = run()
-results["mp4"] = run(mp4=True)
+results["off_first"] = run(coherence="OFF")
+cube.location.x = 0.25  # and again, frame 6 only
+cube.keyframe_insert("location", frame=6)
+results["off_moved"] = run(coherence="OFF")
+results["mp4"] = run(mp4=True, coherence="OFF")  # the frames of the last run
 results["mp4"]["file"] = [p.name for p in folder.glob("*.mp4")]
 results["mp4"]["size"] = sum(p.stat().st_size for p in folder.glob("*.mp4"))
 results["bad_range"] = run(frame_start=5, frame_end=2)

@@ -23,6 +23,12 @@ from ..schema import Param
 from .arrays import input_array
 
 NOISE = "coherence_noise"  # the output carrying a frame's initial noise to the next frame
+# Inputs that stand in for the committed previous frame when there is none in this job
+# (the first frame of a re-run whose predecessor is on disk, F12 frames, farm chunks).
+PREVIOUS_INPUTS = {
+    "previous_image": "coherence: the previous frame's stylized image (when it is not in this job)",
+    "previous_passes": "coherence: the previous frame's capture EXR (with previous_image)",
+}
 
 PARAMS = (
     Param(
@@ -80,14 +86,23 @@ def read_frame(inp: Input | None, field: str = "inputs.passes") -> Frame:
     return Frame(passes.vector, passes.object_index, passes.depth)
 
 
-def previous(ctx: RunContext, size: tuple[int, int]) -> Previous | None:
-    """Frame t−1's stylized image at `size` (w, h), its passes and noise; None for the
-    first frame or when t−1 has no committed image."""
-    prev = ctx.previous
-    if prev is None or "image" not in prev.outputs or "passes" not in prev.inputs:
-        return None
+def previous(
+    ctx: RunContext, size: tuple[int, int], given: dict[str, Input] | None = None
+) -> Previous | None:
+    """Frame t−1's stylized image at `size` (w, h), its passes and noise: the job's
+    committed previous frame, else the `previous_image` + `previous_passes` inputs; None
+    for a first frame."""
     from PIL import Image
 
+    prev = ctx.previous
+    given = given or {}
+    if prev is None or "image" not in prev.outputs or "passes" not in prev.inputs:
+        if "previous_image" in given and "previous_passes" in given:
+            rgb = input_array(given["previous_image"])[..., :3]
+            if (rgb.shape[1], rgb.shape[0]) != size:
+                rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+            return Previous(rgb, read_frame(given["previous_passes"], "inputs.previous_passes"))
+        return None
     rgb = input_array(prev.outputs["image"])[..., :3]
     if (rgb.shape[1], rgb.shape[0]) != size:
         rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
@@ -100,9 +115,10 @@ def previous(ctx: RunContext, size: tuple[int, int]) -> Previous | None:
 VALID = "coherence_valid"  # the share of the frame carried from the previous one
 
 
-def valid_output(share: float) -> Output:
-    arr = np.array([share], np.float32)
-    return Output(VALID, arr, "float32", (1,), "linear")
+def scalar_output(name: str, value: float) -> Output:
+    """One number as a float32 output (the valid share, the frame's warping error)."""
+    arr = np.array([value], np.float32)
+    return Output(name, arr, "float32", (1,), "linear")
 
 
 def noise_output(noise: np.ndarray) -> Output:

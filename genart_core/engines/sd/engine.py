@@ -61,6 +61,7 @@ class Prepared:
     mask: np.ndarray | None  # (H, W) float32, 1 = repaint
     controls: list[tuple[str, str, float, np.ndarray]]  # (kind, model ref, weight, map)
     frame: Frame | None = None  # a sequence frame's passes when coherence is on
+    previous: dict[str, Input] | None = None  # coherence.PREVIOUS_INPUTS that came
 
 
 class StableDiffusionEngine(Engine):
@@ -87,6 +88,7 @@ class StableDiffusionEngine(Engine):
         "normal": "(H, W, 3) float32 world-space normals (Blender's Normal pass)",
         "passes": "a Blender multilayer EXR (the add-on's capture); its depth and normal "
         "passes stand in for those inputs",
+        **coherence.PREVIOUS_INPUTS,
     }
     params = (
         Param(
@@ -214,6 +216,8 @@ class StableDiffusionEngine(Engine):
         model_ref(params)  # an empty model needs the embedded one
         width, height = params["width"], params["height"]
         check_pixel_cap(width, height, params["max_pixels"])
+        given = {k: v for k, v in inputs.items() if k in coherence.PREVIOUS_INPUTS}
+        inputs = {k: v for k, v in inputs.items() if k not in coherence.PREVIOUS_INPUTS}
         arrays = read_inputs(inputs, self.inputs)
         image = to_rgb(arrays["image"], "inputs.image") if "image" in arrays else None
         mask = to_mask(arrays["mask"], "inputs.mask") if "mask" in arrays else None
@@ -287,7 +291,7 @@ class StableDiffusionEngine(Engine):
         frame = None
         if task == "sequence" and mode == "img2img" and coherence.config(params) is not None:
             frame = coherence.read_frame(inputs.get("passes"))
-        return Prepared(mode, width, height, image, mask, controls, frame)
+        return Prepared(mode, width, height, image, mask, controls, frame, given)
 
     @staticmethod
     def _check_loras(params: dict[str, Any]) -> None:
@@ -503,7 +507,7 @@ class StableDiffusionEngine(Engine):
                 coh,
                 np.asarray(kwargs["image"]),
                 prep.frame,
-                coherence.previous(ctx, (gw, gh)),
+                coherence.previous(ctx, (gw, gh), prep.previous),
                 latent_shape=(base.unet.config.in_channels, gh // f, gw // f),
                 rng=np.random.default_rng([params["seed"], ctx.frame]),
             )
@@ -559,9 +563,12 @@ class StableDiffusionEngine(Engine):
         extra: list[Output] = []
         if coh is not None and step is not None:
             pixels = coherent.finish(coh, pixels, step)
+            error = coherent.frame_error(pixels, step)
+            if error is not None:
+                extra.append(coherence.scalar_output("warping_error", error))
             if step.noise is not None:
                 extra.append(coherence.noise_output(step.noise))
-            extra.append(coherence.valid_output(step.valid_share))
+            extra.append(coherence.scalar_output(coherence.VALID, step.valid_share))
         img = Image.fromarray(pixels, "RGB")
         wrap_x = params["tileable"] or params["panorama"]
         img = resize(img, (prep.width, prep.height), wrap_x, params["tileable"])
