@@ -6,8 +6,10 @@ Each mechanism is a switch of `Coherence`, so its effect can be measured on its 
   replaces that share of the render in the image-to-image init where the match is valid
   (`flow.validity`); disoccluded pixels keep the render, so they get fresh content.
 - `anchored_noise`: the initial noise follows the surfaces: the previous frame's noise
-  (latent resolution) is warped with the flow where valid and drawn fresh elsewhere, so a
-  surface point keeps its noise from frame to frame. Warping by nearest latent cell keeps
+  (latent resolution) is warped with the flow where valid and elsewhere taken from the
+  base noise `rng` draws (the same every frame when the caller seeds it per sequence, so
+  static, disoccluded and first-frame regions match the naive path), so a surface point
+  keeps its noise from frame to frame. Warping by nearest latent cell keeps
   the noise Gaussian (no blur that would shrink its variance).
 - `post_blend`: the warped previous stylized frame replaces that share of the output
   where valid (pixel space, after decoding).

@@ -4,8 +4,10 @@ the noise hook. The mechanisms themselves are `temporal.coherent`.
 
 Defaults from the first measurement (tests/test_temporal_blender.py's 8 rendered frames,
 tiny random SD, 4 steps, strength 0.6; warping error, naive 9.85): post blend 0.5 alone
-4.98; init blend 0.5 alone 9.94; anchored noise alone 16.6 (worse: under study); post 0.5
-+ noise 8.10. So post blend is on, the other two off until measured better.
+4.98; init blend 0.5 alone 9.94; anchored noise alone 15.1; post 0.5 + noise 7.30. With
+random weights and global attention, any change of the noise anywhere changes the whole
+picture, so moving noise costs more than it saves; the trained micro model is the real
+test (bench/temporal.py). Until then post blend is on, the other two off.
 """
 
 from __future__ import annotations

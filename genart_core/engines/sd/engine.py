@@ -509,7 +509,7 @@ class StableDiffusionEngine(Engine):
                 prep.frame,
                 coherence.previous(ctx, (gw, gh), prep.previous),
                 latent_shape=(base.unet.config.in_channels, gh // f, gw // f),
-                rng=np.random.default_rng([params["seed"], ctx.frame]),
+                rng=np.random.default_rng(params["seed"]),  # the same base noise every frame
             )
             kwargs["image"] = Image.fromarray(step.init)
         if prep.mode == "inpaint":
