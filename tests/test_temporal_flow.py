@@ -133,3 +133,30 @@ def test_mismatched_lengths_are_refused() -> None:
     s = scene(3, (1, 0))
     with pytest.raises(ValueError, match="same length"):
         warping_error(s["frames"], s["vectors"][:2])
+
+
+def test_edge_correlation_keeps_layout_and_ignores_colour() -> None:
+    from genart_core.temporal.flow import edge_correlation
+
+    s = scene(1, (0, 0))
+    img = s["frames"][0]
+    assert edge_correlation(img, img) == pytest.approx(1.0)
+    recoloured = (255 - img) // 2  # same layout, other colours
+    assert edge_correlation(img, recoloured) > 0.9
+    other = texture(H, W, 9)
+    assert abs(edge_correlation(img, other)) < 0.2
+    assert edge_correlation(img, np.zeros_like(img)) == 0.0
+
+
+def test_fresh_share_tells_new_content_from_smeared_history() -> None:
+    from genart_core.temporal.flow import fresh_share
+
+    s = scene(2, (4, 0))
+    prev, vec = s["frames"][0], s["vectors"]
+    smeared = warp(prev, backward_flow(vec[1])).astype(np.uint8)  # history everywhere
+    ids = (s["ids"][0], s["ids"][1])
+    assert fresh_share(smeared, prev, vec[1], vec[0], ids=ids) == 0.0
+    assert fresh_share(s["frames"][1], prev, vec[1], vec[0], ids=ids) > 0.9  # the background
+    static = scene(2, (0, 0))
+    assert fresh_share(static["frames"][1], static["frames"][0], static["vectors"][1],
+                       static["vectors"][0]) is None  # fmt: skip

@@ -167,3 +167,49 @@ def warping_error(
         errors.append(float(diff[v.valid].mean()) if v.valid.any() else 0.0)
         shares.append(v.share)
     return WarpingError(errors, shares)
+
+
+def edge_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of the gradient magnitudes of two images (H, W[, C]): 1 when their edges
+    coincide, ~0 when unrelated. How much of a render's layout a stylized frame keeps."""
+
+    def edges(img: np.ndarray) -> np.ndarray:
+        g = img.astype(np.float64)
+        if g.ndim == 3:
+            g = g[..., :3].mean(axis=2)
+        return np.hypot(np.diff(g, axis=1)[:-1], np.diff(g, axis=0)[:, :-1]).ravel()
+
+    ea, eb = edges(a), edges(b)
+    if ea.std() == 0 or eb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ea, eb)[0, 1])
+
+
+def fresh_share(
+    output: np.ndarray,
+    previous_output: np.ndarray,
+    vector: np.ndarray,
+    previous_vector: np.ndarray,
+    *,
+    ids: tuple[np.ndarray, np.ndarray] | None = None,
+    depths: tuple[np.ndarray, np.ndarray] | None = None,
+    threshold: float = 8.0,
+) -> float | None:
+    """Of the pixels frame t cannot take from t−1 (`validity` says invalid), the share
+    whose output differs from the previous output warped to t by more than `threshold`
+    (0-255, mean over channels): new content rather than smeared history. None when no
+    pixel is invalid."""
+    b = backward_flow(vector)
+    v = validity(
+        b,
+        forward_flow(previous_vector),
+        ids_t=None if ids is None else ids[1],
+        ids_prev=None if ids is None else ids[0],
+        depth_t=None if depths is None else depths[1],
+        depth_prev=None if depths is None else depths[0],
+    )
+    invalid = ~v.valid
+    if not invalid.any():
+        return None
+    diff = np.abs(output[..., :3].astype(np.float32) - warp(previous_output[..., :3], b))
+    return float((diff.mean(axis=2)[invalid] > threshold).mean())
