@@ -1,25 +1,25 @@
 """The headless demo: a sidecar, Blender in the background and the genart add-on texturing
 an animated scene and stylizing its animation; everything under out/demo/.
 
-1. Builds tiny Stable Diffusion stand-ins once under out/demo/models/ (dev/tiny_models.py:
-   the real SD 1.5 architecture and a depth ControlNet, untrained random weights, no
-   downloads) until the embedded micro models land (issue 8): the pipeline is the real
-   one, but they paint coloured noise, not pictures.
-2. Starts a sidecar (`--models out/demo/models`).
+1. Uses the embedded micro model (genart_core/micro/weights/genart-micro-sd: a Stable
+   Diffusion pipeline the project trained on procedural textures, 64-128 px, no
+   downloads); it has no depth ControlNet, so texture from camera and stylize run
+   image-to-image on the renders.
+2. Starts a sidecar with no model configured: requests that name no model get the
+   embedded one.
 3. Runs the `bpy` wheel headless (dev/demo_blender.py) with the add-on zip installed into
    a throwaway Blender user under out/demo/: Spot and the Utah teapot on a ground plane,
    the camera orbiting them over 24 frames; Texture from camera on the
-   two meshes (sd + depth ControlNet), a Tileable texture on the ground (the procedural
+   two meshes (sd img2img on the render), a Tileable texture on the ground (the procedural
    `texsynth` engine, which needs no model) and a 360° World (sd, panorama); a Cycles
    render of frame 1 (out/demo/scene.png); then Stylize animation over the 24 frames at
-   256 px (sd img2img + depth ControlNet, keyframed strength, a prompt schedule and a
+   256 px (sd img2img, keyframed strength, a prompt schedule and a
    `prompt:` marker) into out/demo/genart/orbit/####.png, onto the Video Sequencer of
    out/demo/scene.blend and into out/demo/genart/orbit/orbit.mp4.
 4. Stops the sidecar and prints what was written and the time per step.
 
 `--quick` (what CI runs) does the same steps small, into out/demo-quick/: 6 frames at
-128 px, a 160x90 Cycles picture with 4 samples, smaller textures, 4 steps; the models
-are shared with the full demo (out/demo/models/).
+128 px, a 160x90 Cycles picture with 4 samples, smaller textures, 4 steps.
 
 Progress goes to stdout; any failure is one line `demo: error: ...` on stderr, exit 1.
 """
@@ -62,35 +62,6 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - T0:5.1f} s] {message}", flush=True)
 
 
-def build_models(folder: Path) -> tuple[Path, Path]:
-    """The tiny SD model and depth ControlNet under `folder`, built once (a few seconds)."""
-    sd, cn = folder / "sd-tiny", folder / "sd-tiny-depth-controlnet"
-    if (folder / "README.txt").is_file() and sd.is_dir() and cn.is_dir():
-        say(f"models: reusing the tiny stand-ins in {rel(folder)}")
-        return sd, cn
-    say(f"models: building tiny SD + depth ControlNet stand-ins in {rel(folder)} (once)")
-    for quiet in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
-        os.environ.setdefault(quiet, "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from tiny_models import build_tiny_controlnet, build_tiny_sd
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    built = build_tiny_sd(tmp / "_build")
-    built.rename(tmp / sd.name)
-    shutil.rmtree(tmp / "_build")
-    build_tiny_controlnet(tmp / sd.name, tmp / cn.name)
-    (tmp / "README.txt").write_text(
-        "Untrained stand-ins built by dev/demo.py (dev/tiny_models.py): the SD 1.5\n"
-        "architecture, tiny, with random weights, and a depth ControlNet for it. They run\n"
-        "the real pipelines but paint coloured noise. Replaced by the embedded micro\n"
-        "models (issue 8). Delete this folder to rebuild it.\n"
-    )
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return sd, cn
-
-
 def rel(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -98,8 +69,8 @@ def rel(path: Path) -> str:
         return str(path)
 
 
-def start_sidecar(state: Path, models: Path, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "sidecar", "--state-dir", str(state), "--models", str(models)]
+def start_sidecar(state: Path, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "sidecar", "--state-dir", str(state)]
     cmd += ["--parent-pid", str(os.getpid())]  # gone with the demo, even after a kill -9
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -216,9 +187,7 @@ class StylizeClock:
         ]
 
 
-def run_blender(
-    settings: Settings, zip_path: Path, sd: Path, cn: Path, connection: Path, timings: Timings
-) -> None:
+def run_blender(settings: Settings, zip_path: Path, connection: Path, timings: Timings) -> None:
     """dev/demo_blender.py in the bpy wheel; its `demo:` and `genart:` lines are shown,
     everything Blender prints goes to <out>/blender.log."""
     out = settings.out
@@ -229,8 +198,6 @@ def run_blender(
         "--zip", str(zip_path),
         "--out", str(out),
         "--assets", str(ASSETS),
-        "--sd", str(sd),
-        "--depth-controlnet", str(cn),
         *settings.blender_args(),
     ]  # fmt: skip
     env = blender_env(out / "blender-user", connection)
@@ -296,7 +263,7 @@ def check_outputs(settings: Settings) -> None:
 
 
 def clean(out: Path) -> None:
-    """Removes the previous run's results (the models are kept: they are built once)."""
+    """Removes the previous run's results."""
     for name in ("genart", "sequence", "state", "blender-user"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("scene.blend", "scene.blend1", "scene.png", "still.png", "blender.log"):
@@ -309,7 +276,7 @@ def size_of(p: Path) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
-def summary(settings: Settings, models: Path, timings: Timings, total: float) -> None:
+def summary(settings: Settings, timings: Timings, total: float) -> None:
     out = settings.out
     seq = out / "genart" / settings.name
     frames = sorted(seq.glob("*.png"))
@@ -329,7 +296,6 @@ def summary(settings: Settings, models: Path, timings: Timings, total: float) ->
     rows += [
         (seq, f"{len(frames)} stylized frames, {w}x{h}, ####.png (recipes in the PNGs)"),
         (seq / f"{settings.name}.mp4", "the stylized frames as an H.264 MP4"),
-        (models, "untrained tiny SD stand-ins (issue 8 brings real micro models)"),
     ]
     print("\nwritten:")
     for path, what in rows:
@@ -367,10 +333,11 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     clean(out)
     print(
-        "NOTE: the Stable Diffusion models in this demo are untrained stand-ins (tiny, random\n"
-        "weights): they exercise the real pipelines but paint coloured noise. The embedded\n"
-        "micro models (issue 8) replace them. The ground's texture is real: texsynth is a\n"
-        "procedural engine that needs no model.",
+        "NOTE: the pictures come from genart's embedded micro model: a real Stable Diffusion\n"
+        "pipeline, trained by the project on 2 CPU cores on procedural textures (bricks,\n"
+        "tiles, planks, marble, stone, stripes, checker, dots, clouds in ten colours). It\n"
+        "follows colour and material words, at 64-128 px; point the add-on at a real SD\n"
+        "model for real pictures.",
         flush=True,
     )
     if args.quick:
@@ -379,10 +346,6 @@ def main() -> int:
             f"{settings.render} picture with {settings.samples} samples, into {rel(out)}/"
         )
     timings = Timings()
-    t0 = time.monotonic()
-    models = ROOT / "out" / "demo" / "models"
-    sd, cn = build_models(models)
-    timings.step("models (tiny stand-ins; built once, then reused)", t0)
     import build_addon
 
     t0 = time.monotonic()
@@ -391,25 +354,30 @@ def main() -> int:
     timings.step("add-on zip", t0)
     state = out / "state"
     t0 = time.monotonic()
-    proc = start_sidecar(state, models, out / "sidecar.log")
+    proc = start_sidecar(state, out / "sidecar.log")
     connection = state / "connection.json"
     try:
         with Client.connect(connection, client_name="genart-demo") as c:
             engines = [e["name"] for e in c.welcome["engines"]]
             say(f"sidecar: pid {c.welcome['pid']}, device {c.welcome['device']}, engines {engines}")
+            sd = next((e for e in c.welcome["engines"] if e["name"] == "sd"), {})
+            default = sd.get("default_model")
+            if not default:
+                raise DemoError("the sidecar's sd engine has no embedded default model")
+            say(f"model: embedded {default['name']} (sha256 {default['sha256'][:12]}...)")
         timings.step("sidecar start", t0)
         say(
             "Blender (bpy wheel, headless): the animated scene, three genart operators, a "
             f"Cycles render, Stylize animation ({settings.frames} frames)"
         )
         t0 = time.monotonic()
-        run_blender(settings, zip_path, sd, cn, connection, timings)
+        run_blender(settings, zip_path, connection, timings)
         timings.step("Blender in all (the rows above and saving)", t0)
         check_outputs(settings)
     finally:
         stop(proc)
     say("done; the sidecar is stopped")
-    summary(settings, models, timings, time.monotonic() - T0)
+    summary(settings, timings, time.monotonic() - T0)
     return 0
 
 

@@ -5,12 +5,13 @@ BLENDER_USER_* variables), builds an animated scene (Spot the cow and the Utah t
 ground plane, a camera orbiting them, a sun and a sky-coloured World), connects to the
 running sidecar (GENART_CONNECTION_FILE) and runs the add-on's operators as a script would:
 
-1. Texture from camera on Spot and the teapot: the `sd` engine, depth ControlNet;
+1. Texture from camera on Spot and the teapot: the `sd` engine (img2img on the render;
+   depth-controlled when a --depth-controlnet is given);
 2. Tileable texture on the ground: the `texsynth` engine (procedural, no model);
 3. Background: a 360° panorama World, seen by the camera only (`sd`);
 4. a Cycles render of frame 1 (scene.png);
-5. Stylize animation over the whole range (`sd` as the sequence engine: img2img with the
-   depth ControlNet, depth normalised once for the sequence), with a keyframed strength
+5. Stylize animation over the whole range (`sd` as the sequence engine: img2img, with a
+   depth ControlNet when given, depth normalised once for the sequence), with a keyframed strength
    and a prompt that changes through the prompt schedule and a `prompt:` marker: frames in
    genart/<name>/####.png, an image strip on the Video Sequencer and <name>.mp4 beside
    the frames.
@@ -182,8 +183,8 @@ def main() -> None:
     ap.add_argument("--zip", type=Path, required=True, help="the add-on zip")
     ap.add_argument("--out", type=Path, required=True, help="scene.blend, scene.png, genart/")
     ap.add_argument("--assets", type=Path, required=True, help="spot.obj and teapot.obj")
-    ap.add_argument("--sd", required=True, help="the Stable Diffusion model (folder)")
-    ap.add_argument("--depth-controlnet", required=True, help="the depth ControlNet (folder)")
+    ap.add_argument("--sd", default="", help="the SD model (default: the embedded micro model)")
+    ap.add_argument("--depth-controlnet", default="", help="a depth ControlNet (default: none)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--texture-size", type=int, default=512)
     ap.add_argument("--ground-size", type=int, default=512)
@@ -232,10 +233,14 @@ def main() -> None:
     sd.depth_controlnet = args.depth_controlnet
     sd.steps = args.steps
     sd.seed = 7
+    # The embedded micro model keeps a render's layout up to a strength of about 0.4
+    # (docs/micro-models.md); above that it paints its texture over everything.
+    sd.strength = 0.4
 
-    # 1. Texture from camera: the `control` task's engine, depth-controlled SD.
+    # 1. Texture from camera: the `control` task's engine (depth-controlled with a
+    # --depth-controlnet; the micro model has none: image-to-image on the render).
     g.control_engine = "sd"
-    sd.prompt = "a red and blue marble stone"
+    sd.prompt = "polished red marble"
     select_only(bpy.data.objects["Spot"], bpy.data.objects["Teapot"])
     run_operator(
         "texture from camera (sd) on Spot and the teapot",
@@ -292,16 +297,17 @@ def main() -> None:
     timed(f"Cycles render of frame 1 ({rw}x{rh}, {args.samples} samples)", seconds)
 
     # 5. Stylize animation: the `sequence` task's engine is sd, img2img on each frame's
-    # render with the depth ControlNet (the passes go with every frame). The prompt changes
-    # over time (a schedule entry, then a marker) and strength is keyframed.
+    # render (with a depth ControlNet when given: the passes go with every frame), exact-flow
+    # coherence. The prompt changes over time (a schedule entry, then a marker) and
+    # strength is keyframed.
     n = args.frames
     g.sequence_engine = "sd"
-    sd.prompt = "a red and blue marble stone"
+    sd.prompt = "polished red marble"
     schedule_at, marker_at = 1 + n // 3, 1 + 2 * n // 3
     key = g.prompt_schedule.add()
     key.frame, key.prompt = schedule_at, "green wood"
     sc.timeline_markers.new("prompt: blue brick wall", frame=marker_at)
-    for frame, value in ((1, 0.5), (n, 0.8)):
+    for frame, value in ((1, 0.3), (n, 0.45)):
         sd.strength = value
         sd.keyframe_insert("strength", frame=frame)
     sc.frame_set(1)
@@ -309,9 +315,9 @@ def main() -> None:
     # enough for what img2img redraws. The still's samples are back before saving.
     sc.cycles.samples = args.animation_samples
     log(
-        f"stylize settings: prompt 'a red and blue marble stone', 'green wood' from frame "
+        f"stylize settings: prompt 'polished red marble', 'green wood' from frame "
         f"{schedule_at} (prompt schedule), 'blue brick wall' from frame {marker_at} (marker); "
-        f"strength keyed 0.5 -> 0.8; frames rendered with {args.animation_samples} samples"
+        f"strength keyed 0.3 -> 0.45; frames rendered with {args.animation_samples} samples"
     )
     run_operator(
         f"stylize animation (sd, {n} frames at {args.stylize_size}px, MP4)",

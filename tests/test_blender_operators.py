@@ -102,7 +102,10 @@ def test_cancel_leaves_the_scene_unchanged(run: dict[str, Any]) -> None:
 def test_errors_name_the_field_and_change_nothing(run: dict[str, Any]) -> None:
     bad = run["bad"]
     assert bad["result"][0] == ["CANCELLED"] and bad["unchanged"] is True
-    assert "Depth control: needs depth_controlnet" in bad["result"][1], bad["result"][1]
+    assert "no-such-controlnet" in bad["result"][1], bad["result"][1]
+    uncontrolled = run["uncontrolled"]
+    assert uncontrolled["result"][0] == ["FINISHED"], uncontrolled
+    assert any("no depth or normal ControlNet" in w for w in uncontrolled["warnings"]), uncontrolled
     assert "Traceback" not in bad["result"][1]
     down = run["down"]
     assert down["result"][0] == ["CANCELLED"] and down["unchanged"] is True

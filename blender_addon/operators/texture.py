@@ -36,7 +36,7 @@ class TextureFromCamera(Action):
         )
         if scene.camera is None:
             raise ActionError("the scene has no active camera: add one and make it active")
-        self._check_control(scene)
+        uncontrolled = self._check_control(scene)
         w, h = fit_render(scene, op.size)
         try:
             cap = capture.capture_camera(
@@ -52,15 +52,16 @@ class TextureFromCamera(Action):
         except capture.CaptureError as exc:
             raise ActionError(str(exc)) from None
         inputs = {"passes": Attachment.blob("passes", passes_path.read_bytes(), "exr")}
-        if op.use_render:
+        if op.use_render or uncontrolled:  # without control the render is all to follow
             inputs["image"] = Attachment.blob("image", cap.color_path.read_bytes(), "png")
-        keep = {"capture": cap, "depth": depth, "objects": objects}
+        keep = {"capture": cap, "depth": depth, "objects": objects, "notes": uncontrolled}
         return Prepared("control", cap.request_params(), inputs, keep, self.label)
 
     @staticmethod
-    def _check_control(scene: bpy.types.Scene) -> None:
-        """The chosen engine must control by depth or normals with its current values,
-        else say what to set (before anything renders)."""
+    def _check_control(scene: bpy.types.Scene) -> list[str]:
+        """The chosen engine should control by depth or normals with its current values.
+        When it cannot (e.g. the embedded micro model has no ControlNet) the render is sent
+        and the engine runs image-to-image on it: returns that note for the report."""
         from .. import bridge, properties
 
         # scene.genart is registered at run time (properties.register): the stubs lack it.
@@ -68,17 +69,18 @@ class TextureFromCamera(Action):
         name = properties.chosen_engine(settings, "control")
         spec = properties.engine_spec(name)
         if name is None or spec is None:
-            return  # the bridge reports a missing engine with its own message
+            return []  # the bridge reports a missing engine with its own message
         caps = {
             c.key: c for c in bridge.capabilities(spec, properties.engine_group(settings, name))
         }
         wanted = [caps[k] for k in ("depth_control", "normal_control") if k in caps]
-        if not any(c.available for c in wanted):
+        if wanted and not any(c.available for c in wanted):
             lacking = "; ".join(c.text for c in wanted)
-            raise ActionError(
-                f"engine {name} cannot follow the camera's depth as set ({lacking}): set it "
-                "under genart > Controlled by the render"
-            )
+            return [
+                f"no depth control ({lacking}): image-to-image on the render only; set a "
+                "ControlNet under genart > Controlled by the render to follow the shapes"
+            ]
+        return []
 
     def apply(
         self,
@@ -104,7 +106,8 @@ class TextureFromCamera(Action):
         result = projection.apply_projection(scene, objects, cap, image, depth_image, name=name)
         done = len(objects) - len(result.skipped)
         message = f"Textured {done} object(s) from the camera into {image.name}"
-        return Outcome(with_notes(message, result.notes), {"images": [image.name]})
+        notes = [*prepared.keep.get("notes", []), *result.notes]
+        return Outcome(with_notes(message, notes), {"images": [image.name]})
 
 
 class GENART_OT_texture_from_camera(GenerateOperator, bpy.types.Operator):
@@ -128,5 +131,5 @@ class GENART_OT_texture_from_camera(GenerateOperator, bpy.types.Operator):
         name="Start from the render",
         default=False,
         description="Use the camera's render as the starting image (image-to-image), "
-        "not only its depth",
+        "not only its depth (always so when the engine has no depth or normal control)",
     )

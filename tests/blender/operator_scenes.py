@@ -200,10 +200,21 @@ results["cancel"] = {"result": res, "unchanged": datablocks() == before}
 sd.steps = 2
 
 # 5. A bad value: a clear error naming the field, nothing changed.
-sd.depth_controlnet = ""
+sd.depth_controlnet = str(out / "no-such-controlnet")
 before = datablocks()
 res = op_result(bpy.ops.genart.texture_from_camera, size=64)
 results["bad"] = {"result": res, "unchanged": datablocks() == before}
+# No ControlNet at all: image-to-image on the render, and the report says so.
+sd.depth_controlnet = ""
+known = {im.name for im in bpy.data.images}
+res = op_result(bpy.ops.genart.texture_from_camera, size=64)
+made = [im for im in bpy.data.images if im.name not in known]
+results["uncontrolled"] = {
+    "result": res,
+    "warnings": [
+        w for im in made if "genart" in im for w in json.loads(im["genart"]["recipe"])["warnings"]
+    ],
+}
 sd.depth_controlnet = CN  # noqa: F821
 
 # 6. The sidecar down: a clear error, no hang.

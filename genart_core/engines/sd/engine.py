@@ -266,9 +266,13 @@ class StableDiffusionEngine(Engine):
         if mode == "inpaint" and (image is None or mask is None):
             raise InvalidParams("inpaint needs an image and a mask", field="inputs.mask")
         if task == "control" and not controls:
-            raise InvalidParams(
-                "control needs a depth or normal input with its ControlNet", field="inputs.depth"
-            )
+            if image is None:
+                raise InvalidParams(
+                    "control needs a depth or normal input with its ControlNet, or an image",
+                    field="inputs.depth",
+                )
+            if ctx is not None:  # e.g. the embedded micro model: it has no ControlNet
+                ctx.warn("no depth or normal ControlNet: image-to-image on the render only")
         if mode != "txt2img" and int(params["steps"] * params["strength"]) < 1:
             raise InvalidParams(
                 f"strength {params['strength']} × steps {params['steps']} leaves no denoising "
