@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _loop(trainer: Any, a: argparse.Namespace, line: Callable[[Any], str]) -> float:
+    """Trains to `a.steps`, a log line every `a.log_every` steps (`line` says what the step
+    measured), a checkpoint every `a.save_every`; returns the wall time."""
+    t0 = time.perf_counter()
+    window: list[float] = []
+    while trainer.step < a.steps:
+        log = trainer.train_step()
+        window.append(log.seconds)
+        if log.step % a.log_every == 0 or log.step == a.steps:
+            pace = sum(window) / len(window)
+            print(f"step {log.step}/{a.steps} {line(log)} {pace:.3f} s/step", flush=True)
+            window.clear()
+        if log.step % a.save_every == 0 and log.step < a.steps:
+            trainer.save(a.out)
+            print(f"checkpoint {a.out} at step {log.step}", flush=True)
+    return time.perf_counter() - t0
+
+
 def train_vqgan(a: argparse.Namespace) -> int:
     from .train_vqgan import TrainConfig, Trainer, evaluation_dict, find_checkpoint
     from .vqgan import LossConfig, VQConfig
@@ -114,28 +133,15 @@ def train_vqgan(a: argparse.Namespace) -> int:
         trainer = Trainer(cfg)
         n = sum(p.numel() for p in trainer.vq.parameters())
         print(f"new micro VQGAN: {n:,} params ({4 * n / 1e6:.1f} MB fp32), {cfg}", flush=True)
-    t0 = time.perf_counter()
-    window: list[float] = []
-    while trainer.step < a.steps:
-        log = trainer.train_step()
-        window.append(log.seconds)
-        if log.step % a.log_every == 0 or log.step == a.steps:
-            gan = (
-                f" gan {log.gan:.3f} d {log.d_loss:.3f} w {log.gan_weight:.3f}"
-                if log.d_loss
-                else ""
-            )
-            print(
-                f"step {log.step}/{a.steps} loss {log.loss:.4f} l1 {log.l1:.4f} "
-                f"grad {log.grad:.4f} vq {log.vq:.4f}{gan} psnr {log.psnr:.2f} "
-                f"{sum(window) / len(window):.3f} s/step",
-                flush=True,
-            )
-            window.clear()
-        if log.step % a.save_every == 0 and log.step < a.steps:
-            trainer.save(a.out)
-            print(f"checkpoint {a.out} at step {log.step}", flush=True)
-    wall = time.perf_counter() - t0
+
+    def line(log: Any) -> str:
+        gan = f" gan {log.gan:.3f} d {log.d_loss:.3f} w {log.gan_weight:.3f}" if log.d_loss else ""
+        return (
+            f"loss {log.loss:.4f} l1 {log.l1:.4f} grad {log.grad:.4f} vq {log.vq:.4f}{gan} "
+            f"psnr {log.psnr:.2f}"
+        )
+
+    wall = _loop(trainer, a, line)
     metrics = evaluation_dict(trainer, wall)
     trainer.save(a.out, metrics)
     for split in ("held_out", "train"):
@@ -178,23 +184,12 @@ def train_diffusion(a: argparse.Namespace) -> int:
             for n in ("vae", "unet", "text_encoder")
         }
         print(f"new micro SD: {sizes} params, {cfg}", flush=True)
-    t0 = time.perf_counter()
-    window: list[float] = []
-    while trainer.step < a.steps and not a.evaluate:
-        log = trainer.train_step()
-        window.append(log.seconds)
-        if log.step % a.log_every == 0 or log.step == a.steps:
-            detail = " ".join(f"{k} {v:.4g}" for k, v in log.detail.items())
-            print(
-                f"step {log.step}/{a.steps} {log.stage} loss {log.loss:.4f} {detail} "
-                f"{sum(window) / len(window):.3f} s/step",
-                flush=True,
-            )
-            window.clear()
-        if log.step % a.save_every == 0 and log.step < a.steps:
-            trainer.save(a.out)
-            print(f"checkpoint {a.out} at step {log.step}", flush=True)
-    wall = time.perf_counter() - t0
+
+    def line(log: Any) -> str:
+        detail = " ".join(f"{k} {v:.4g}" for k, v in log.detail.items())
+        return f"{log.stage} loss {log.loss:.4f} {detail}"
+
+    wall = 0.0 if a.evaluate else _loop(trainer, a, line)
     sheet = a.out.with_name(a.out.name + "-samples.png")
     metrics = evaluation(trainer, wall, sheet, a.eval_seeds, a.eval_images)
     trainer.save(a.out, metrics)

@@ -32,12 +32,11 @@ import torch.nn.functional as F
 from ..textures import dataset
 from . import sd
 from .train_vqgan import (
-    METRICS,
     STATE_DIR,
-    _flatten_optimizer,
-    _json,
-    _unflatten_optimizer,
+    load_optimizers,
     save_checkpoint,
+    save_optimizers,
+    write_info,
 )
 from .vqgan import gradient_l1, psnr, to_tensor, to_uint8
 
@@ -273,15 +272,8 @@ class Trainer:
             save_file(raw, str(state / "weights.safetensors"))
             if self.ema:
                 save_file(self.ema, str(state / "ema.safetensors"))
-            for name, opt in (("ae_opt", self.ae_opt), ("opt", self.opt)):
-                tensors, meta = _flatten_optimizer(opt.state_dict())
-                save_file(tensors, str(state / f"{name}.safetensors"))
-                (state / f"{name}.json").write_text(json.dumps(meta))
-            (state / "trainer.json").write_text(
-                json.dumps({"step": self.step, "config": self.cfg.to_dict()}, indent=1)
-            )
-            if metrics is not None:
-                (tmp / METRICS).write_text(_json(metrics))
+            save_optimizers(state, {"ae_opt": self.ae_opt, "opt": self.opt})
+            write_info(tmp, self.step, self.cfg.to_dict(), metrics)
 
         save_checkpoint(out, write)
 
@@ -298,11 +290,7 @@ class Trainer:
                 p.copy_(raw[name])
         if (state / "ema.safetensors").is_file():
             t.ema = load_file(str(state / "ema.safetensors"))
-        for name, opt in (("ae_opt", t.ae_opt), ("opt", t.opt)):
-            meta = json.loads((state / f"{name}.json").read_text())
-            tensors = load_file(str(state / f"{name}.safetensors"))
-            if meta["scalars"] or tensors:
-                opt.load_state_dict(_unflatten_optimizer(tensors, meta))
+        load_optimizers(state, {"ae_opt": t.ae_opt, "opt": t.opt})
         t.step = int(info["step"])
         return t
 

@@ -207,16 +207,9 @@ class Trainer:
             from safetensors.torch import save_file
 
             save_file(self.disc.state_dict(), str(state / "discriminator.safetensors"))
-            for name, opt in (("opt", self.opt), ("disc_opt", self.disc_opt)):
-                tensors, meta = _flatten_optimizer(opt.state_dict())
-                save_file(tensors, str(state / f"{name}.safetensors"))
-                (state / f"{name}.json").write_text(json.dumps(meta))
+            save_optimizers(state, {"opt": self.opt, "disc_opt": self.disc_opt})
             save_file({"counts": self._counts}, str(state / "codes.safetensors"))
-            (state / "trainer.json").write_text(
-                json.dumps({"step": self.step, "config": self.cfg.to_dict()}, indent=1)
-            )
-            if metrics is not None:
-                (tmp / METRICS).write_text(_json(metrics))
+            write_info(tmp, self.step, self.cfg.to_dict(), metrics)
 
         save_checkpoint(out, write)
 
@@ -232,14 +225,43 @@ class Trainer:
             VQModel.from_pretrained(folder, local_files_only=True),
         )
         t.disc.load_state_dict(load_file(str(state / "discriminator.safetensors")))
-        for name, opt in (("opt", t.opt), ("disc_opt", t.disc_opt)):
-            meta = json.loads((state / f"{name}.json").read_text())
-            opt.load_state_dict(
-                _unflatten_optimizer(load_file(str(state / f"{name}.safetensors")), meta)
-            )
+        load_optimizers(state, {"opt": t.opt, "disc_opt": t.disc_opt})
         t._counts = load_file(str(state / "codes.safetensors"))["counts"]
         t.step = int(info["step"])
         return t
+
+
+def save_optimizers(state: Path, optimizers: dict[str, Any]) -> None:
+    """Each optimizer's state as `<name>.safetensors` (tensors) + `<name>.json` (the rest):
+    no pickle in a checkpoint."""
+    from safetensors.torch import save_file
+
+    for name, opt in optimizers.items():
+        tensors, meta = _flatten_optimizer(opt.state_dict())
+        save_file(tensors, str(state / f"{name}.safetensors"))
+        (state / f"{name}.json").write_text(json.dumps(meta))
+
+
+def load_optimizers(state: Path, optimizers: dict[str, Any]) -> None:
+    """The states `save_optimizers` wrote (an optimizer that never stepped stays fresh)."""
+    from safetensors.torch import load_file
+
+    for name, opt in optimizers.items():
+        meta = json.loads((state / f"{name}.json").read_text())
+        tensors = load_file(str(state / f"{name}.safetensors"))
+        if meta["scalars"] or tensors:
+            opt.load_state_dict(_unflatten_optimizer(tensors, meta))
+
+
+def write_info(
+    folder: Path, step: int, config: dict[str, Any], metrics: dict[str, Any] | None
+) -> None:
+    """training/trainer.json (step, configuration) and, when given, metrics.json."""
+    (folder / STATE_DIR / "trainer.json").write_text(
+        json.dumps({"step": step, "config": config}, indent=1)
+    )
+    if metrics is not None:
+        (folder / METRICS).write_text(_json(metrics))
 
 
 def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
