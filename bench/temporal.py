@@ -6,7 +6,8 @@ configuration and shot:
 
 - warping error (mean masked |frame t − frame t−1 warped by the exact flow|, 0-255) and
   its ratio to naive's; the renders' own error is the floor;
-- fidelity: mean edge correlation of each stylized frame with its render, against naive's;
+- fidelity: mean edge correlation of each stylized frame with its render, against naive's
+  (and "layout": the same on 4×4 block means, the render's shapes rather than texture);
 - stylization: mean |stylized − render|, against naive's;
 - fresh: the share of disoccluded pixels whose content is new rather than warped history.
 
@@ -38,18 +39,24 @@ from genart_core.imaging.passes import read_passes  # noqa: E402
 from genart_core.protocol import Attachment, Client, ConnectionInfo  # noqa: E402
 from genart_core.temporal.flow import edge_correlation, fresh_share, warping_error  # noqa: E402
 
-CONFIGS: dict[str, dict[str, Any]] = {
+CONFIGS: dict[str, dict[str, Any]] = {  # every switch explicit: defaults may change
     "naive": {"coherence": "off"},
-    "post 0.5": {"coherence": "exact_flow", "coherence_post": 0.5},
-    "post 0.8": {"coherence": "exact_flow", "coherence_post": 0.8},
-    "init 0.5": {"coherence": "exact_flow", "coherence_init": 0.5, "coherence_post": 0.0},
-    "noise": {"coherence": "exact_flow", "coherence_noise": True, "coherence_post": 0.0},
-    "noise + post 0.5": {"coherence": "exact_flow", "coherence_noise": True},
-    "init 0.5 + noise + post 0.5": {
-        "coherence": "exact_flow",
-        "coherence_init": 0.5,
-        "coherence_noise": True,
-    },  # fmt: skip
+    **{
+        name: {
+            "coherence": "exact_flow",
+            "coherence_init": init,
+            "coherence_noise": noise,
+            "coherence_post": post,
+        }  # fmt: skip
+        for name, init, noise, post in (
+            ("post 0.5", 0.0, False, 0.5),
+            ("post 0.8", 0.0, False, 0.8),
+            ("init 0.5", 0.5, False, 0.0),
+            ("noise", 0.0, True, 0.0),
+            ("noise + post 0.8", 0.0, True, 0.8),
+            ("init 0.5 + noise + post 0.8", 0.5, True, 0.8),
+        )
+    },
 }
 
 
@@ -122,6 +129,7 @@ def measure(frames: list[np.ndarray], renders: list[np.ndarray], passes: list[An
     return {
         "warping_error": warping_error(frames, vec, ids=ids, depths=dep).mean,
         "fidelity": float(np.mean([edge_correlation(f, r) for f, r in pairs])),
+        "layout": float(np.mean([edge_correlation(f, r, scale=4) for f, r in pairs])),
         "stylization": float(
             np.mean([np.abs(f.astype(float) - r.astype(float)).mean() for f, r in pairs])
         ),  # fmt: skip
@@ -172,7 +180,8 @@ def main() -> int:
                         print(
                             f"  {name:30} error {m['warping_error']:6.2f} "
                             f"(×{m['warping_error'] / n['warping_error']:.2f})  fidelity "
-                            f"{m['fidelity']:.3f} (naive {n['fidelity']:.3f})  stylization "
+                            f"{m['fidelity']:.3f} (naive {n['fidelity']:.3f})  layout "
+                            f"{m['layout']:.3f} (naive {n['layout']:.3f})  stylization "
                             f"{m['stylization']:5.1f} (×{m['stylization'] / n['stylization']:.2f})"
                             f"  fresh {fresh}  {m['seconds']:.0f} s",
                             flush=True,

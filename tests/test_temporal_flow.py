@@ -146,6 +146,7 @@ def test_edge_correlation_keeps_layout_and_ignores_colour() -> None:
     other = texture(H, W, 9)
     assert abs(edge_correlation(img, other)) < 0.2
     assert edge_correlation(img, np.zeros_like(img)) == 0.0
+    assert edge_correlation(img, recoloured, scale=4) > 0.9  # coarse edges too
 
 
 def test_fresh_share_tells_new_content_from_smeared_history() -> None:

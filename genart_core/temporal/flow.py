@@ -169,14 +169,18 @@ def warping_error(
     return WarpingError(errors, shares)
 
 
-def edge_correlation(a: np.ndarray, b: np.ndarray) -> float:
+def edge_correlation(a: np.ndarray, b: np.ndarray, scale: int = 1) -> float:
     """Correlation of the gradient magnitudes of two images (H, W[, C]): 1 when their edges
-    coincide, ~0 when unrelated. How much of a render's layout a stylized frame keeps."""
+    coincide, ~0 when unrelated. How much of a render's layout a stylized frame keeps;
+    `scale` > 1 first averages scale×scale blocks (layout rather than texture edges)."""
 
     def edges(img: np.ndarray) -> np.ndarray:
         g = img.astype(np.float64)
         if g.ndim == 3:
             g = g[..., :3].mean(axis=2)
+        if scale > 1:
+            h, w = (g.shape[0] // scale) * scale, (g.shape[1] // scale) * scale
+            g = g[:h, :w].reshape(h // scale, scale, w // scale, scale).mean(axis=(1, 3))
         return np.hypot(np.diff(g, axis=1)[:-1], np.diff(g, axis=0)[:, :-1]).ravel()
 
     ea, eb = edges(a), edges(b)

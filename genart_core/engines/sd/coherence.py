@@ -8,9 +8,10 @@ tiny random SD, 4 steps, strength 0.6; warping error, naive 9.85): post blend 0.
 random weights and global attention, any change of the noise anywhere changes the whole
 picture, so moving noise costs more than it saves; the trained micro model is the real
 test (bench/temporal.py). With it (BENCHMARKS.md, 16-frame turntable and dolly, strength
-0.4): post 0.8 cuts the warping error to 0.25 / 0.20 of naive at the same stylization, post
-0.5 to 0.52 / 0.46; init blend 0.5 raises it (1.71 / 1.14); anchored noise 1.11 / 0.73. So
-the default is post blend 0.8, the other two off.
+0.4), error against naive: post 0.8 0.25 / 0.20; anchored noise + post 0.8 0.25 / 0.17
+with fidelity, layout and stylization at or above naive's on both shots (issue 9's
+target); init blend 0.5 raises the error (1.71 / 1.14). So the defaults are anchored
+noise + post blend 0.8, init blend off.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ PARAMS = (
         min=0.0,
         max=1.0,
     ),
-    Param("coherence_noise", "bool", False, "noise that follows the surfaces"),
+    Param("coherence_noise", "bool", True, "noise that follows the surfaces"),
     Param(
         "coherence_post",
         "float",
