@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import SidecarProcess
 from sdtiny import build_tiny_sd
-from test_blender_addon import build_addon, run_in_blender
+from test_blender_addon import build_addon, run_in_blender, scene_script
 
 from genart_core.imaging.passes import read_passes
 from genart_core.protocol import Attachment
@@ -34,7 +34,7 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("flow")
     zip_path = build_addon.build(tmp / "zip")
     out = tmp / "out"
-    proc = run_in_blender(tmp, zip_path, f"OUT = {str(out)!r}\n" + SCRIPT.read_text())
+    proc = run_in_blender(tmp, zip_path, f"OUT = {str(out)!r}\n" + scene_script(SCRIPT))
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 0 and "GENART-FLOW-OK" in proc.stdout, log
     res = json.loads((out / "results.json").read_text())

@@ -133,7 +133,9 @@ class StylizeRun:
         near = min(f.capture.near for f in self.rendered)
         far = max(f.capture.far for f in self.rendered)
         version = runtime.session().engine_version(self.engine)
-        chained = self.coherent and "coherence" in f_params(self.rendered)
+        # Chained only when the engine takes the coherence parameter (the bridge drops it
+        # otherwise); every frame's params have the same keys.
+        chained = self.coherent and "coherence" in self.rendered[0].params
         before = ""
         for f in self.rendered:
             f.params.update(near=near, far=far)
@@ -242,11 +244,6 @@ def measured(run: StylizeRun) -> str:
         return ""
     mean = sum(run.errors.values()) / len(run.errors)
     return f"warping error {mean:.2f} (mean over {len(run.errors)} frames, exact flow)"
-
-
-def f_params(frames: list[Frame]) -> dict[str, Any]:
-    """The parameters the engine takes (those of the first frame: all frames share keys)."""
-    return frames[0].params if frames else {}
 
 
 class _StylizeAction:

@@ -15,16 +15,12 @@ import math
 from pathlib import Path
 
 import bpy
+from prologue import MOD, install_addon
 
-assert bpy.ops.extensions.package_install_files(
-    repo="user_default",
-    filepath=ZIP,  # noqa: F821 (prepended by the test)
-    enable_on_install=True,
-) == {"FINISHED"}
-cap = importlib.import_module("bl_ext.user_default.genart.capture")
+install_addon(ZIP)  # noqa: F821 (prepended by the test); factory settings first
+cap = importlib.import_module(MOD + ".capture")
 out = Path(OUT)  # noqa: F821
 
-bpy.ops.wm.read_factory_settings(use_empty=True)
 bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"
 sc = bpy.context.scene
 sc.render.engine = "CYCLES"
