@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,18 +79,29 @@ def config(params: dict[str, Any]) -> Coherence | None:
 
 def read_frame(inp: Input | None, field: str = "inputs.passes") -> Frame:
     """A frame's vector, object index and depth passes from its capture EXR."""
-    from ...imaging.passes import read_passes
-
     if inp is None:
         raise InvalidParams(
             "coherence exact_flow needs each frame's passes (a capture EXR with the Vector pass)",
             field=field,
         )
-    passes = read_passes(inp.path)
-    if passes.vector is None:
+    stat = inp.path.stat()
+    frame = _frame_of(str(inp.path), stat.st_mtime_ns, stat.st_size)
+    if frame is None:
         raise InvalidParams(
             "coherence exact_flow needs the Vector pass in the frame's passes", field=field
         )
+    return frame
+
+
+@lru_cache(maxsize=2)
+def _frame_of(path: str, mtime_ns: int, size: int) -> Frame | None:
+    """The passes of one EXR file version, decoded once: frame t reads its own passes, and
+    frame t+1 reads them again as its previous frame's (the arrays are never written)."""
+    from ...imaging.passes import read_passes
+
+    passes = read_passes(Path(path))
+    if passes.vector is None:
+        return None
     return Frame(passes.vector, passes.object_index, passes.depth)
 
 
