@@ -47,14 +47,18 @@ CONFIGS: dict[str, dict[str, Any]] = {  # every switch explicit: defaults may ch
             "coherence_init": init,
             "coherence_noise": noise,
             "coherence_post": post,
+            "coherence_attention": attention,
         }  # fmt: skip
-        for name, init, noise, post in (
-            ("post 0.5", 0.0, False, 0.5),
-            ("post 0.8", 0.0, False, 0.8),
-            ("init 0.5", 0.5, False, 0.0),
-            ("noise", 0.0, True, 0.0),
-            ("noise + post 0.8", 0.0, True, 0.8),
-            ("init 0.5 + noise + post 0.8", 0.5, True, 0.8),
+        for name, init, noise, post, attention in (
+            ("post 0.5", 0.0, False, 0.5, False),
+            ("post 0.8", 0.0, False, 0.8, False),
+            ("init 0.5", 0.5, False, 0.0, False),
+            ("noise", 0.0, True, 0.0, False),
+            ("attention", 0.0, False, 0.0, True),
+            ("noise + attention", 0.0, True, 0.0, True),
+            ("noise + post 0.8", 0.0, True, 0.8, False),
+            ("noise + attention + post 0.8", 0.0, True, 0.8, True),
+            ("init 0.5 + noise + post 0.8", 0.5, True, 0.8, False),
         )
     },
 }

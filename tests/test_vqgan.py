@@ -73,7 +73,7 @@ class TestThroughTheSidecar:
         with sidecar.connect() as c:
             engines = {e["name"]: e for e in c.welcome["engines"]}
         assert engines["vqgan"]["tasks"] == ["img2img", "reconstruct"]
-        assert engines["vqgan_clip"]["tasks"] == ["txt2img", "img2img"]
+        assert engines["vqgan_clip"]["tasks"] == ["txt2img", "img2img", "sequence"]
         assert engines["amused"]["tasks"] == ["txt2img"]
         clip = engines["vqgan_clip"]
         assert "artistic" in clip["help"] and "56×" in clip["help"] and "SD 1.5" in clip["help"]

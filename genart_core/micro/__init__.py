@@ -19,6 +19,7 @@ from typing import Any
 EMBEDDED_NAME = "genart-micro-sd"
 EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / EMBEDDED_NAME
 PINS_FILE = EMBEDDED_DIR.parent / "pins.json"
+CONTROLNET_DIR = "controlnet"  # the depth ControlNet, inside the pipeline folder
 
 
 class EmbeddedModelError(RuntimeError):
@@ -66,6 +67,20 @@ def embedded_model() -> Path | None:
     return EMBEDDED_DIR
 
 
+def has_embedded_controlnet() -> bool:
+    """Whether the embedded model ships its depth ControlNet (from the pins: cheap)."""
+    return f"{CONTROLNET_DIR}/config.json" in pins()
+
+
+def embedded_controlnet() -> Path | None:
+    """The embedded depth ControlNet's folder (checked with the whole model); None when
+    this installation has none."""
+    folder = embedded_model()
+    if folder is None or not has_embedded_controlnet():
+        return None
+    return folder / CONTROLNET_DIR
+
+
 def embedded_info() -> dict[str, Any] | None:
     """What the handshake says about the default model (no hashing: cheap)."""
     expected = pins()
@@ -78,5 +93,6 @@ def embedded_info() -> dict[str, Any] | None:
         "sha256": folder_digest(expected),
         "size_bytes": int(meta.get("size_bytes", 0)),
         "native_size": int(meta.get("native_size", 64)),
+        "controls": ["depth"] if has_embedded_controlnet() else [],
         "notes": list(meta.get("notes", [])),
     }

@@ -57,6 +57,12 @@ PARAMS = (
     ),
     Param("coherence_noise", "bool", True, "noise that follows the surfaces"),
     Param(
+        "coherence_attention",
+        "bool",
+        False,
+        "self-attention also attends to the first and the previous frame (cross-frame)",
+    ),
+    Param(
         "coherence_post",
         "float",
         0.8,

@@ -28,7 +28,7 @@ from ...temporal import coherent
 from ...temporal.coherent import Frame
 from ..base import Engine, Input, Output, RunContext
 from ..schema import MAX_PIXELS_PARAM, MAX_SIDE, Param, check_pixel_cap
-from . import coherence
+from . import coherence, crossframe
 from .arrays import read_inputs, to_mask, to_rgb
 from .wrap import wrapped
 
@@ -193,15 +193,20 @@ class StableDiffusionEngine(Engine):
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
-        from ...micro import embedded_info
+        from ...micro import embedded_info, has_embedded_controlnet
 
-        return {**super().describe(), "default_model": embedded_info()}
+        out = {**super().describe(), "default_model": embedded_info()}
+        if has_embedded_controlnet():  # no model named: the embedded depth ControlNet
+            caps = out["capabilities"]
+            caps["depth_control"] = f"{caps['depth_control']} or without model"
+        return out
 
     def __init__(self) -> None:
         self._device: str | None = None
         self._dtype: Any = None
         self._bases: dict[str, Any] = {}
         self._controlnets: dict[str, Any] = {}
+        self._anchors: dict[str, crossframe.Anchors] = {}  # cross-frame attention, per job
         self._preview_vaes: dict[str, Any] = {}
         self._variants: dict[tuple[Any, ...], Any] = {}
 
@@ -227,7 +232,9 @@ class StableDiffusionEngine(Engine):
         for kind in ("depth", "normal"):
             if kind not in arrays:
                 continue
-            ref = params[f"{kind}_controlnet"]
+            ref = params[f"{kind}_controlnet"] or (
+                embedded_depth(params) if kind == "depth" else ""
+            )
             if not ref and kind in bundled:
                 continue  # a pass the capture carries anyway; only a ControlNet makes it count
             if not ref:
@@ -399,7 +406,7 @@ class StableDiffusionEngine(Engine):
             **self.capabilities,
             "family": _family(base),
             "native_size": _native_side(base),
-            "depth_control": bool(params.get("depth_controlnet")),
+            "depth_control": bool(params.get("depth_controlnet") or embedded_depth(params)),
             "normal_control": bool(params.get("normal_controlnet")),
         }
 
@@ -417,6 +424,7 @@ class StableDiffusionEngine(Engine):
         self._variants.clear()
         self._bases.clear()
         self._controlnets.clear()
+        self._anchors.clear()
 
     # -- running ---------------------------------------------------------------------
     def run(
@@ -547,10 +555,18 @@ class StableDiffusionEngine(Engine):
         ctx.progress(0, expected)
         modules = [base.unet, base.vae, *self._controlnets.values()]
         wrap_x = params["tileable"] or params["panorama"]
+        attend = coh is not None and params["coherence_attention"]
+        same = (model_ref(params), gw, gh, params["steps"], params["strength"], params["guidance"])
+        anchors: list[Any] = []
+        if attend:
+            anchors, note = crossframe.anchors_for(self._anchors, ctx.job, ctx.frame, same)
+            if note:
+                ctx.warn(note)
         with (
             self._loras(base, params),
             wrapped(modules, wrap_x, params["tileable"]),
             coherence.fixed_noise(pipe, step.noise if step else None) as call,
+            _attention(base.unet, anchors, attend) as recorded,
             torch.inference_mode(),
         ):
             out = call(
@@ -563,6 +579,8 @@ class StableDiffusionEngine(Engine):
                 "the model produced NaN or inf pixels (try fp32 or another VAE)",
                 field="params.model",
             )
+        if attend:
+            crossframe.remember(self._anchors, ctx.job, ctx.frame, same, recorded)
         pixels = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
         extra: list[Output] = []
         if coh is not None and step is not None:
@@ -577,6 +595,11 @@ class StableDiffusionEngine(Engine):
         wrap_x = params["tileable"] or params["panorama"]
         img = resize(img, (prep.width, prep.height), wrap_x, params["tileable"])
         return np.ascontiguousarray(np.asarray(img.convert("RGBA"))), extra
+
+
+def _attention(unet: Any, anchors: list[Any], on: bool) -> contextlib.AbstractContextManager[Any]:
+    """Cross-frame attention while the frame is denoised (yields its recording), or nothing."""
+    return crossframe.cross_frame(unet, anchors) if on else contextlib.nullcontext({})
 
 
 def model_ref(params: dict[str, Any]) -> str:
@@ -596,6 +619,20 @@ def model_ref(params: dict[str, Any]) -> str:
             field="params.model",
         )
     return str(folder)
+
+
+def embedded_depth(params: dict[str, Any]) -> str:
+    """The embedded model's own depth ControlNet when the request names no model (and no
+    ControlNet): texture from camera is then depth-controlled on the defaults too."""
+    if params.get("model"):
+        return ""
+    from ...micro import EmbeddedModelError, embedded_controlnet
+
+    try:
+        folder = embedded_controlnet()
+    except EmbeddedModelError as exc:
+        raise InvalidParams(str(exc), field="params.model") from None
+    return "" if folder is None else str(folder)
 
 
 def unknown_words(tokenizer: Any, prompt: str) -> list[str]:

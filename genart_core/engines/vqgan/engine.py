@@ -16,9 +16,12 @@ import numpy as np
 
 from ...imaging.control import depth_to_disparity, fit_size
 from ...protocol.errors import InvalidParams, OutOfMemory
+from ...temporal import coherent
+from ...temporal.coherent import MODES, Coherence
 from ..base import Engine, Input, Output, RunContext
 from ..schema import MAX_PIXELS_PARAM, MAX_SIDE, Param, check_pixel_cap
 from ..sd.arrays import read_inputs, to_rgb
+from ..sd.coherence import PREVIOUS_INPUTS, VALID, previous, read_frame, scalar_output
 
 log = logging.getLogger("genart.engines.vqgan")
 
@@ -247,6 +250,14 @@ class VQGANEngine(Engine):
         ]
 
 
+def _coherence(params: dict[str, Any]) -> Coherence | None:
+    """VQGAN+CLIP's coherence: the warped previous frame as the start image (no noise to
+    anchor: the optimisation starts from the encoded image)."""
+    if params.get("coherence", "off") == "off":
+        return None
+    return Coherence(init_blend=params["coherence_init"], post_blend=params["coherence_post"])
+
+
 @dataclass
 class ClipRequest:
     """A VQGAN+CLIP request after validation (sizes and maps at the input's resolution)."""
@@ -255,12 +266,14 @@ class ClipRequest:
     height: int
     image: np.ndarray | None  # (H, W, 3) float sRGB [0, 1]
     weight: np.ndarray | None  # (H, W) in [0, 1]: per-pixel weight of the prompt loss
+    frame: Any = None  # a sequence frame's passes (temporal.coherent.Frame) with coherence
+    previous: dict[str, Input] | None = None  # previous_image / previous_passes that came
 
 
 class VQGANCLIPEngine(Engine):
     name = "vqgan_clip"
     version = "1"
-    tasks = ("txt2img", "img2img")
+    tasks = ("txt2img", "img2img", "sequence")
     help = (
         "VQGAN+CLIP, the " + FLOPS_NOTE + ". The VQGAN's continuous latent is optimised "
         "(Adam; quantised straight-through at every iteration, as in the original notebooks) "
@@ -269,13 +282,18 @@ class VQGANCLIPEngine(Engine):
         "render. With a depth input, each pixel's disparity d (1 at near, 0 at far and "
         "background) gives it the weight w = 1 - depth_weight × (1 - d): the prompt loss's "
         "gradient at that pixel is multiplied by w, and the init-image loss (init_weight) by "
-        "1 - w, so near things follow the prompt and the background keeps the render."
+        "1 - w, so near things follow the prompt and the background keeps the render. "
+        "sequence: img2img per frame; with coherence exact_flow the previous stylized frame, "
+        "moved along the render's motion vectors, starts (and is pulled towards by "
+        "init_weight) the next one wherever the masks trust it."
     )
     capabilities = {"depth_control": "as a per-pixel loss weight (img2img)", "tileable": False}
     inputs = {
         "image": "img2img: the render, (H, W, 3|4) uint8 or float32 sRGB; the starting point",
         "depth": "img2img, optional: (H, W) float32 planar Z in scene units, +inf for "
         "background; weights the prompt per pixel (see help)",
+        "passes": "sequence with coherence: the frame's capture EXR (its Vector pass)",
+        **PREVIOUS_INPUTS,
     }
     params = (
         MODEL_PARAM,
@@ -345,6 +363,30 @@ class VQGANCLIPEngine(Engine):
         Param("far", "float", 0.0, "depth with weight 1 - depth_weight and beyond", min=0.0),
         SEED_PARAM,
         Param(
+            "coherence",
+            "enum",
+            "off",
+            "sequences: exact_flow starts each frame from the previous stylized frame moved "
+            "along the render's motion vectors (needs the passes with the Vector pass)",
+            choices=MODES,
+        ),
+        Param(
+            "coherence_init",
+            "float",
+            1.0,
+            "share of the warped previous frame in each frame's start image (where valid)",
+            min=0.0,
+            max=1.0,
+        ),
+        Param(
+            "coherence_post",
+            "float",
+            0.5,
+            "share of the warped previous frame blended into each output",
+            min=0.0,
+            max=1.0,
+        ),
+        Param(
             "preview_every",
             "int",
             10,
@@ -364,10 +406,13 @@ class VQGANCLIPEngine(Engine):
             raise InvalidParams("VQGAN+CLIP needs a prompt", field="params.prompt")
         width, height = params["width"], params["height"]
         check_pixel_cap(width, height, params["max_pixels"])
+        given = {k: v for k, v in inputs.items() if k in PREVIOUS_INPUTS}
+        passes = inputs.get("passes")
+        inputs = {k: v for k, v in inputs.items() if k not in (*PREVIOUS_INPUTS, "passes")}
         arrays = read_inputs(inputs, self.inputs)
         image = to_rgb(arrays["image"], "inputs.image") if "image" in arrays else None
-        if task == "img2img" and image is None:
-            raise InvalidParams("img2img needs an image input", field="inputs.image")
+        if task in ("img2img", "sequence") and image is None:
+            raise InvalidParams(f"{task} needs an image input", field="inputs.image")
         if task == "txt2img" and image is not None:
             raise InvalidParams(
                 "txt2img starts from random codes: send the image with task img2img",
@@ -385,7 +430,10 @@ class VQGANCLIPEngine(Engine):
                 depth = depth[..., 0]
             disparity = depth_to_disparity(depth, params["near"], params["far"])
             weight = 1.0 - params["depth_weight"] * (1.0 - disparity)
-        return ClipRequest(width, height, image, weight)
+        frame = None
+        if task == "sequence" and _coherence(params) is not None:
+            frame = read_frame(passes)
+        return ClipRequest(width, height, image, weight, frame, given)
 
     def close(self) -> None:
         self._models.clear()
@@ -406,6 +454,12 @@ class VQGANCLIPEngine(Engine):
         gw, gh = fit_size(req.width, req.height, area, f)
         init = _resize(req.image, gw, gh) if req.image is not None else None
         weight = _resize_plane(req.weight, gw, gh) if req.weight is not None else None
+        coh = _coherence(params) if req.frame is not None else None
+        step = None
+        if coh is not None and init is not None:
+            render = (np.clip(init, 0, 1) * 255 + 0.5).astype(np.uint8)
+            step = coherent.prepare(coh, render, req.frame, previous(ctx, (gw, gh), req.previous))
+            init = step.init.astype(np.float32) / 255.0
         every = params["preview_every"]
 
         def on_step(step: Step) -> None:
@@ -433,5 +487,15 @@ class VQGANCLIPEngine(Engine):
             )
         except (torch.OutOfMemoryError, MemoryError) as exc:
             raise _out_of_memory(self._models.device, gw, gh, exc) from None
-        img = rgba(result.image, req.width, req.height)
-        return [Output("image", img, "uint8", img.shape, "srgb")]
+        extra: list[Output] = []
+        rgb = result.image
+        if coh is not None and step is not None:
+            pixels = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+            pixels = coherent.finish(coh, pixels, step)
+            error = coherent.frame_error(pixels, step)
+            if error is not None:
+                extra.append(scalar_output("warping_error", error))
+            extra.append(scalar_output(VALID, step.valid_share))
+            rgb = pixels.astype(np.float32) / 255.0
+        img = rgba(rgb, req.width, req.height)
+        return [Output("image", img, "uint8", img.shape, "srgb"), *extra]
