@@ -38,7 +38,9 @@ CAPABILITY_LABELS = {
 }
 NOT_SUPPORTED = "not supported"
 NOT_ADVERTISED = "not advertised"
-_NEEDS = re.compile(r"with\s+(\S+)")
+# "with <param>", or "with <param> or without <param>" (e.g. the embedded model's own
+# depth ControlNet: depth control when a ControlNet is set or no model is)
+_NEEDS = re.compile(r"with\s+(\S+)(?:\s+or\s+without\s+(\S+))?")
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,8 @@ def _is_set(group: Any, spec: ParamSpec) -> bool:
 def capabilities(engine: EngineSpec, group: Any) -> list[Capability]:
     """What `engine` can do with the values in `group`: the actions' capabilities first
     (absent ones as lacking), then the engine's own. A string value is the engine's
-    condition: "with <param>" is met when that parameter is set, other words are shown."""
+    condition: "with <param>" is met when that parameter is set ("... or without <other>":
+    also when that other one is empty), other words are shown."""
     caps = dict(engine.capabilities)
     keys = [*ACTION_CAPABILITIES, *(k for k in caps if k not in ACTION_CAPABILITIES)]
     out = []
@@ -256,13 +259,17 @@ def capabilities(engine: EngineSpec, group: Any) -> list[Capability]:
         elif isinstance(value, str):
             m = _NEEDS.fullmatch(value.strip())
             needed = engine.param(m.group(1)) if m else None
+            unless = engine.param(m.group(2)) if m and m.group(2) else None
             # A condition on a parameter the add-on fills, or in words, is shown as said.
             if (
                 needed is None
                 or needed.name in ADDON_FILLED
                 or (group is not None and _is_set(group, needed))
             ):
-                out.append(Capability(key, label, True, value))
+                said = value if needed is None else f"with {needed.name}"
+                out.append(Capability(key, label, True, said))
+            elif unless is not None and group is not None and not _is_set(group, unless):
+                out.append(Capability(key, label, True, f"no {unless.name} set: the default's"))
             else:
                 out.append(Capability(key, label, False, f"needs {needed.name}"))
         else:

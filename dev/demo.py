@@ -2,18 +2,18 @@
 an animated scene and stylizing its animation; everything under out/demo/.
 
 1. Uses the embedded micro model (genart_core/micro/weights/genart-micro-sd: a Stable
-   Diffusion pipeline the project trained on procedural textures, 64-128 px, no
-   downloads); it has no depth ControlNet, so texture from camera and stylize run
-   image-to-image on the renders.
+   Diffusion pipeline the project trained on procedural textures and Blender renders,
+   64-128 px, no downloads, with its own depth ControlNet, which texture from camera and
+   stylize use).
 2. Starts a sidecar with no model configured: requests that name no model get the
    embedded one.
 3. Runs the `bpy` wheel headless (dev/demo_blender.py) with the add-on zip installed into
    a throwaway Blender user under out/demo/: Spot and the Utah teapot on a ground plane,
    the camera orbiting them over 24 frames; Texture from camera on the
-   two meshes (sd img2img on the render), a Tileable texture on the ground (the procedural
+   two meshes (sd, depth-controlled), a Tileable texture on the ground (the procedural
    `texsynth` engine, which needs no model) and a 360° World (sd, panorama); a Cycles
    render of frame 1 (out/demo/scene.png); then Stylize animation over the 24 frames at
-   256 px (sd img2img, keyframed strength, a prompt schedule and a
+   256 px (sd img2img + depth, keyframed strength, a prompt schedule and a
    `prompt:` marker) into out/demo/genart/orbit/####.png, onto the Video Sequencer of
    out/demo/scene.blend and into out/demo/genart/orbit/orbit.mp4.
 4. Stops the sidecar and prints what was written and the time per step.
@@ -335,9 +335,9 @@ def main() -> int:
     print(
         "NOTE: the pictures come from genart's embedded micro model: a real Stable Diffusion\n"
         "pipeline, trained by the project on 2 CPU cores on procedural textures (bricks,\n"
-        "tiles, planks, marble, stone, stripes, checker, dots, clouds in ten colours). It\n"
-        "follows colour and material words, at 64-128 px; point the add-on at a real SD\n"
-        "model for real pictures.",
+        "tiles, planks, marble, stone, stripes, checker, dots, clouds in ten colours) and\n"
+        "Blender renders. It follows colour and material words and depth, at 64-128 px;\n"
+        "point the add-on at a real SD model for real pictures.",
         flush=True,
     )
     if args.quick:

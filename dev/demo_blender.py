@@ -5,13 +5,13 @@ BLENDER_USER_* variables), builds an animated scene (Spot the cow and the Utah t
 ground plane, a camera orbiting them, a sun and a sky-coloured World), connects to the
 running sidecar (GENART_CONNECTION_FILE) and runs the add-on's operators as a script would:
 
-1. Texture from camera on Spot and the teapot: the `sd` engine (img2img on the render;
-   depth-controlled when a --depth-controlnet is given);
+1. Texture from camera on Spot and the teapot: the `sd` engine, depth-controlled (by the
+   embedded model's own ControlNet, or a --depth-controlnet with --sd);
 2. Tileable texture on the ground: the `texsynth` engine (procedural, no model);
 3. Background: a 360° panorama World, seen by the camera only (`sd`);
 4. a Cycles render of frame 1 (scene.png);
-5. Stylize animation over the whole range (`sd` as the sequence engine: img2img, with a
-   depth ControlNet when given, depth normalised once for the sequence), with a keyframed strength
+5. Stylize animation over the whole range (`sd` as the sequence engine: img2img with
+   depth control, depth normalised once for the sequence), with a keyframed strength
    and a prompt that changes through the prompt schedule and a `prompt:` marker: frames in
    genart/<name>/####.png, an image strip on the Video Sequencer and <name>.mp4 beside
    the frames.
@@ -233,12 +233,12 @@ def main() -> None:
     sd.depth_controlnet = args.depth_controlnet
     sd.steps = args.steps
     sd.seed = 7
-    # The embedded micro model keeps a render's layout up to a strength of about 0.4
-    # (docs/micro-models.md); above that it paints its texture over everything.
-    sd.strength = 0.4
+    # The embedded micro model keeps a render's light and dark masses up to a strength of
+    # about 0.6 (docs/micro-models.md).
+    sd.strength = 0.5
 
-    # 1. Texture from camera: the `control` task's engine (depth-controlled with a
-    # --depth-controlnet; the micro model has none: image-to-image on the render).
+    # 1. Texture from camera: the `control` task's engine (depth-controlled: by the
+    # embedded model's depth ControlNet, or --depth-controlnet with --sd).
     g.control_engine = "sd"
     sd.prompt = "polished red marble"
     select_only(bpy.data.objects["Spot"], bpy.data.objects["Teapot"])
@@ -297,7 +297,7 @@ def main() -> None:
     timed(f"Cycles render of frame 1 ({rw}x{rh}, {args.samples} samples)", seconds)
 
     # 5. Stylize animation: the `sequence` task's engine is sd, img2img on each frame's
-    # render (with a depth ControlNet when given: the passes go with every frame), exact-flow
+    # render (depth-controlled: the passes go with every frame), exact-flow
     # coherence. The prompt changes over time (a schedule entry, then a marker) and
     # strength is keyframed.
     n = args.frames
@@ -307,7 +307,7 @@ def main() -> None:
     key = g.prompt_schedule.add()
     key.frame, key.prompt = schedule_at, "green wood"
     sc.timeline_markers.new("prompt: blue brick wall", frame=marker_at)
-    for frame, value in ((1, 0.3), (n, 0.45)):
+    for frame, value in ((1, 0.4), (n, 0.6)):
         sd.strength = value
         sd.keyframe_insert("strength", frame=frame)
     sc.frame_set(1)
@@ -317,7 +317,7 @@ def main() -> None:
     log(
         f"stylize settings: prompt 'polished red marble', 'green wood' from frame "
         f"{schedule_at} (prompt schedule), 'blue brick wall' from frame {marker_at} (marker); "
-        f"strength keyed 0.3 -> 0.45; frames rendered with {args.animation_samples} samples"
+        f"strength keyed 0.4 -> 0.6; frames rendered with {args.animation_samples} samples"
     )
     run_operator(
         f"stylize animation (sd, {n} frames at {args.stylize_size}px, MP4)",

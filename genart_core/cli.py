@@ -4,7 +4,7 @@
            | wait JOB | cancel JOB | submit ENGINE [-p NAME=VALUE ...] [--wait] | shutdown
            | generate [--model M] --prompt P [...] --out FILE
            | convert taming SRC.ckpt|.safetensors DST_FOLDER [--config taming.yaml]
-           | train diffusion|vqgan --out FOLDER --steps N [...]
+           | train diffusion|vqgan|controlnet --out FOLDER --steps N [...]
 
 It uses the same stdlib client as the Blender add-on. Exit codes: 0 success, 1 a job
 failed or was cancelled, 2 bad usage, 3 the sidecar cannot be reached.
@@ -81,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_arguments(gen)
     sub.add_parser(
         "train",
-        help="train a micro model on this machine (no sidecar): genart train diffusion|vqgan -h",
+        help="train a micro model on this machine (no sidecar): "
+        "genart train diffusion|vqgan|controlnet -h",
         add_help=False,
     )
     conv = sub.add_parser(

@@ -274,12 +274,18 @@ sd, tex = settings.engines.sd, settings.engines.texsynth
 def caps(name, group):
     return {c.key: c for c in B.capabilities(P.engine_spec(name), group)}
 
+# No model set: the embedded model's own depth ControlNet; a model without a ControlNet
+# has no depth control.
+c = caps("sd", sd)["depth_control"]
+assert (c.available, c.text) == (True, "Depth control: no model set: the default's"), c
+sd.model = "~/models/sd15.safetensors"
 c = caps("sd", sd)["depth_control"]
 assert (c.available, c.text) == (False, "Depth control: needs depth_controlnet"), c
 assert caps("sd", sd)["normal_control"].text == "Normal control: needs normal_controlnet"
 sd.depth_controlnet = "lllyasviel/control_v11f1p_sd15_depth"
 c = caps("sd", sd)["depth_control"]
 assert (c.available, c.text) == (True, "Depth control: with depth_controlnet"), c
+sd.model = ""
 assert caps("sd", sd)["panorama"].available and caps("sd", sd)["lora"].text == "LoRAs"
 
 t = caps("texsynth", tex)

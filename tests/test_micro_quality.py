@@ -21,6 +21,7 @@ from PIL import Image
 from genart_core import micro
 from genart_core.engines.sd.engine import model_ref
 from genart_core.micro import quality
+from genart_core.protocol import Attachment
 from genart_core.protocol.errors import InvalidParams
 from genart_core.temporal.flow import edge_correlation
 
@@ -166,9 +167,12 @@ def test_sidecar_uses_the_embedded_model_when_none_is_named(sidecar: SidecarProc
 
 
 def test_img2img_on_a_render_keeps_its_layout_and_takes_the_colour(pipe: Any) -> None:
-    """Measured: edge correlation with the render (at 1/4 scale) 0.71 / 0.58 / 0.33 / 0.10
-    at strength 0.2 / 0.3 / 0.4 / 0.5 (a flipped render: ~0.03); at 0.6 the micro model
-    paints its texture over everything (issue 8 asks for 0.6: not met, see the notes)."""
+    """Issue 8's bar, strength 0.6. Measured (seeds 0 / 1): edge correlation with the
+    render at 1/4 scale 0.53 / 0.51, 0.49 / 0.46, 0.44 / 0.40, 0.35 / 0.29 at strength 0.4
+    / 0.5 / 0.6 / 0.7 (a flipped render: 0.14-0.22), while blue − red goes from −14 to
+    +27-32 at 0.6. What survives is the light and dark masses (shadows, silhouettes
+    against the ground), not the shading inside objects. The model before its training
+    on renders kept nothing at 0.6 (0.33 at 0.4, ~0 at 0.6)."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
     i2i = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
@@ -181,18 +185,97 @@ def test_img2img_on_a_render_keeps_its_layout_and_takes_the_colour(pipe: Any) ->
         return np.asarray(Image.fromarray(a).resize((w // 4, h // 4), Image.Resampling.BOX))
 
     out = i2i(
-        "blue marble", image=render, strength=0.4, num_inference_steps=20,
+        "blue marble", image=render, strength=0.6, num_inference_steps=20,
         guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np",
     ).images[0]  # fmt: skip
     out8 = (out * 255).astype(np.uint8)
     assert out8.shape == src.shape
     kept = edge_correlation(quarter(out8), quarter(src))
     other = edge_correlation(quarter(out8), quarter(np.ascontiguousarray(src[::-1, ::-1])))
-    assert kept > 0.2 and kept > other + 0.15, (kept, other)
+    assert kept > 0.3 and kept > other + 0.15, (kept, other)
     before, after = src.reshape(-1, 3).mean(0), out8.reshape(-1, 3).mean(0)
     assert after[2] - after[0] > before[2] - before[0] + 20, (before, after)  # bluer
 
 
 def test_recorded_quality_matches_the_pins() -> None:
     trained = json.loads(micro.PINS_FILE.read_text())["trained"]
-    assert trained["config"]["seed"] == 0 and trained["step"] > trained["config"]["ae_steps"]
+    base = trained["base"]  # the text-to-image training, then the ControlNet's on renders
+    assert base["config"]["seed"] == 0 and base["step"] > base["config"]["ae_steps"]
+    assert trained["config"]["seed"] == 0 and trained["config"]["base"] == ""
+    assert trained["control"]["edge_corr_control"] > trained["control"]["edge_corr_no_control"]
+    layout = trained["img2img_layout"]
+    assert layout["strength"] == 0.6 and layout["edge_corr"] > layout["edge_corr_flipped"]
+
+
+@pytest.fixture(scope="module")
+def fresh_renders(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    """12 scenes the depth ControlNet never saw (another seed of dev/render_depth_data.py),
+    rendered now by Blender through the add-on's capture."""
+    import subprocess
+    import sys
+
+    from genart_core.micro.train_control import ControlFolder
+
+    out = tmp_path_factory.mktemp("renders")
+    script = ROOT / "dev" / "render_depth_data.py"
+    args = [sys.executable, str(script), "--out", str(out), "--count", "13", "--seed", "101"]
+    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    return ControlFolder(out, 64, 0, hold_out=12).held_out()
+
+
+@pytest.mark.blender
+def test_the_depth_controlnet_follows_fresh_depth_maps(pipe: Any, fresh_renders: Any) -> None:
+    """The shipped ControlNet's generations have edges where the depth map has them
+    (2×2-block edge correlation); without it the same prompts and seeds do not."""
+    from diffusers import ControlNetModel
+
+    from genart_core.micro.train_control import evaluate_control
+
+    folder = micro.embedded_controlnet()
+    assert folder is not None, "the embedded model ships no depth ControlNet"
+    net = ControlNetModel.from_pretrained(folder, torch_dtype=torch.float32)
+    m = evaluate_control(pipe, net, fresh_renders)
+    print(f"\ndepth control on 12 fresh Blender renders: {m}")
+    assert m["edge_corr_control"] > 0.12, m
+    assert m["edge_corr_control"] > m["edge_corr_no_control"] + 0.08, m
+
+
+@pytest.mark.blender
+def test_img2img_at_strength_0_6_keeps_a_fresh_renders_layout(
+    pipe: Any, fresh_renders: Any
+) -> None:
+    """Issue 8's bar: at strength 0.6, asked for another colour, the result keeps the
+    render's edges (against a flipped render's as the floor)."""
+    from genart_core.micro.train_control import evaluate_img2img
+
+    m = evaluate_img2img(pipe, fresh_renders, strength=0.6)
+    print(f"\nimg2img at 0.6 on 12 fresh Blender renders: {m}")
+    assert m["edge_corr"] > m["edge_corr_flipped"] + 0.06, m
+
+
+@pytest.mark.process
+def test_depth_control_needs_no_model_on_the_defaults(
+    sidecar: SidecarProcess, fresh_renders: Any
+) -> None:
+    """A `control` request with only a depth input and no model runs on the embedded
+    model's own ControlNet (without one it would be refused: no depth_controlnet)."""
+    near, far = 2.0, 10.0
+    d = fresh_renders[0].control[..., 0].astype(np.float64) / 255.0
+    with np.errstate(divide="ignore"):
+        z = np.where(d > 0, 1.0 / (d * (1 / near - 1 / far) + 1 / far), np.inf).astype(np.float32)
+    with sidecar.connect() as c:
+        sd = next(e for e in c.welcome["engines"] if e["name"] == "sd")
+        assert sd["default_model"]["controls"] == ["depth"]
+        job = c.submit(
+            "sd",
+            {"prompt": fresh_renders[0].caption, "width": 64, "height": 64, "steps": 8,
+             "near": near, "far": far},
+            task="control",
+            inputs={"depth": Attachment.array("depth", z, "float32", z.shape, "linear")},
+        )  # fmt: skip
+        events: list[Any] = []
+        c.wait(job, events.append, timeout=300)
+        img = c.result(job).attachments["image"]
+    warnings = [w for e in events if e.type == "result" for w in e.data["warnings"]]
+    assert not any("ControlNet" in w for w in warnings), warnings
+    assert img.shape == (64, 64, 4)

@@ -181,20 +181,7 @@ class Trainer:
     # --- the diffusion stage -------------------------------------------------------------
 
     def _tokens(self, captions: Sequence[str], g: torch.Generator) -> torch.Tensor:
-        """Token ids (B, MAX_TOKENS): captions dropped at `cond_drop`, unknown tokens
-        inserted at `unk_prob`, padded with EOS as the pipeline pads."""
-        tok = self.tokenizer
-        rows = []
-        for c in captions:
-            u = torch.rand(3, generator=g).tolist()
-            ids = tok("" if u[0] < self.cfg.cond_drop else c).input_ids  # [BOS, …, EOS]
-            if u[1] < self.cfg.unk_prob and len(ids) > 2:
-                for _ in range(1 + int(u[2] * 3)):
-                    at = 1 + int(torch.randint(len(ids) - 1, (1,), generator=g))
-                    ids.insert(at, tok.unk_token_id)
-            ids = ids[: sd.MAX_TOKENS - 1] + [tok.eos_token_id] if len(ids) > sd.MAX_TOKENS else ids
-            rows.append(ids + [tok.pad_token_id] * (sd.MAX_TOKENS - len(ids)))
-        return torch.tensor(rows)
+        return caption_tokens(self.tokenizer, captions, g, self.cfg.cond_drop, self.cfg.unk_prob)
 
     def _diffusion_step(self) -> tuple[float, dict[str, float]]:
         cfg = self.cfg
@@ -229,16 +216,8 @@ class Trainer:
             **{f"text.{n}": p for n, p in self.text.named_parameters()},
         }
 
-    @torch.no_grad()
     def _update_ema(self, k: int) -> None:
-        if self.cfg.ema <= 0:
-            return
-        decay = min(self.cfg.ema, (1 + k) / (10 + k))  # warm-up: early weights fade fast
-        for name, p in self._ema_params().items():
-            if name not in self.ema:
-                self.ema[name] = p.detach().clone()
-            else:
-                self.ema[name].lerp_(p.detach(), 1.0 - decay)
+        update_ema(self.ema, self._ema_params(), self.cfg.ema, k)
 
     def exported(self) -> Any:
         """The pipeline to save and sample from: EMA weights when kept, in eval mode."""
@@ -293,6 +272,40 @@ class Trainer:
         load_optimizers(state, {"ae_opt": t.ae_opt, "opt": t.opt})
         t.step = int(info["step"])
         return t
+
+
+def caption_tokens(
+    tok: Any, captions: Sequence[str], g: torch.Generator, cond_drop: float, unk_prob: float
+) -> torch.Tensor:
+    """Token ids (B, MAX_TOKENS): captions dropped ("") at `cond_drop`, 1-3 unknown tokens
+    inserted at `unk_prob`, padded with EOS as the pipeline pads."""
+    rows = []
+    for c in captions:
+        u = torch.rand(3, generator=g).tolist()
+        ids = tok("" if u[0] < cond_drop else c).input_ids  # [BOS, …, EOS]
+        if u[1] < unk_prob and len(ids) > 2:
+            for _ in range(1 + int(u[2] * 3)):
+                at = 1 + int(torch.randint(len(ids) - 1, (1,), generator=g))
+                ids.insert(at, tok.unk_token_id)
+        ids = ids[: sd.MAX_TOKENS - 1] + [tok.eos_token_id] if len(ids) > sd.MAX_TOKENS else ids
+        rows.append(ids + [tok.pad_token_id] * (sd.MAX_TOKENS - len(ids)))
+    return torch.tensor(rows)
+
+
+@torch.no_grad()
+def update_ema(
+    ema: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], decay: float, k: int
+) -> None:
+    """One step of an exponential moving average of `params` into `ema` (decay ≤ 0: none);
+    early on the decay is lower, so the first weights fade fast."""
+    if decay <= 0:
+        return
+    d = min(decay, (1 + k) / (10 + k))
+    for name, p in params.items():
+        if name not in ema:
+            ema[name] = p.detach().clone()
+        else:
+            ema[name].lerp_(p.detach(), 1.0 - d)
 
 
 def save_pipeline(pipe: Any, folder: Path, *, fp16: bool = False) -> None:

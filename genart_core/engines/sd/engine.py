@@ -232,9 +232,9 @@ class StableDiffusionEngine(Engine):
         for kind in ("depth", "normal"):
             if kind not in arrays:
                 continue
-            ref = params[f"{kind}_controlnet"] or (
-                embedded_depth(params) if kind == "depth" else ""
-            )
+            ref = params[f"{kind}_controlnet"]
+            if not ref and kind == "depth" and (kind not in bundled or _has_near_far(params)):
+                ref = embedded_depth(params)  # a capture's depth counts with its near/far
             if not ref and kind in bundled:
                 continue  # a pass the capture carries anyway; only a ControlNet makes it count
             if not ref:
@@ -619,6 +619,10 @@ def model_ref(params: dict[str, Any]) -> str:
             field="params.model",
         )
     return str(folder)
+
+
+def _has_near_far(params: dict[str, Any]) -> bool:
+    return 0 < params["near"] < params["far"] < math.inf
 
 
 def embedded_depth(params: dict[str, Any]) -> str:
