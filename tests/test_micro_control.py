@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_micro_sd import TINY
 
-from genart_core.micro import sd
 from genart_core.micro.train_control import (
     CONTROLNET_DIR,
     ControlFolder,
@@ -22,16 +22,6 @@ from genart_core.micro.train_control import (
     control_pipeline,
 )
 from genart_core.micro.train_sd import SDTrainConfig, Trainer
-
-TINY = sd.MicroSDConfig(
-    text_hidden=32,
-    text_heads=2,
-    vae_channels=(8, 16, 16),
-    unet_channels=(16, 16, 32),
-    unet_groups=8,
-    unet_head_dim=8,
-    size=32,
-)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,6 @@ with `controlnet/` (a diffusers `ControlNetModel` folder) inside it, plus `train
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +29,16 @@ import torch.nn.functional as F
 
 from ..textures import dataset
 from .data import caption_for
-from .train_sd import StepLog, caption_tokens, save_pipeline, update_ema
-from .train_vqgan import STATE_DIR, load_optimizers, save_checkpoint, save_optimizers, write_info
+from .train_sd import (
+    StepLog,
+    caption_tokens,
+    read_state,
+    save_pipeline,
+    saved_config,
+    update_ema,
+    write_state,
+)
+from .train_vqgan import save_checkpoint, write_info
 from .vqgan import to_tensor
 
 CONTROL_SUFFIX = ".control.png"
@@ -248,38 +255,20 @@ class ControlTrainer:
         return pipe, net.eval()
 
     def save(self, out: Path, metrics: dict[str, Any] | None = None) -> None:
-        from safetensors.torch import save_file
 
         def write(tmp: Path) -> None:
             pipe, net = self.exported()
             save_pipeline(pipe, tmp)
             net.save_pretrained(tmp / CONTROLNET_DIR, safe_serialization=True)
-            state = tmp / STATE_DIR
-            state.mkdir()
-            raw = {k: v.detach().contiguous() for k, v in self._params().items()}
-            save_file(raw, str(state / "weights.safetensors"))
-            if self.ema:
-                save_file(self.ema, str(state / "ema.safetensors"))
-            save_optimizers(state, {"opt": self.opt})
+            write_state(tmp, self._params(), self.ema, {"opt": self.opt})
             write_info(tmp, self.step, self.cfg.to_dict(), metrics)
 
         save_checkpoint(out, write)
 
     @classmethod
     def load(cls, folder: Path) -> ControlTrainer:
-        from safetensors.torch import load_file
-
-        state = folder / STATE_DIR
-        info = json.loads((state / "trainer.json").read_text())
-        t = cls(ControlTrainConfig.from_dict(info["config"]), folder)
-        raw = load_file(str(state / "weights.safetensors"))
-        with torch.no_grad():
-            for name, p in t._params().items():
-                p.copy_(raw[name])
-        if (state / "ema.safetensors").is_file():
-            t.ema = load_file(str(state / "ema.safetensors"))
-        load_optimizers(state, {"opt": t.opt})
-        t.step = int(info["step"])
+        t = cls(ControlTrainConfig.from_dict(saved_config(folder)), folder)
+        t.ema, t.step = read_state(folder, t._params(), {"opt": t.opt})
         return t
 
 

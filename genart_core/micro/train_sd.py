@@ -241,37 +241,62 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------
 
     def save(self, out: Path, metrics: dict[str, Any] | None = None) -> None:
-        from safetensors.torch import save_file
 
         def write(tmp: Path) -> None:
             save_pipeline(self.exported(), tmp)
-            state = tmp / STATE_DIR
-            state.mkdir()
-            raw = {k: v.detach().contiguous() for k, v in self._ema_params().items()}
-            save_file(raw, str(state / "weights.safetensors"))
-            if self.ema:
-                save_file(self.ema, str(state / "ema.safetensors"))
-            save_optimizers(state, {"ae_opt": self.ae_opt, "opt": self.opt})
+            optimizers = {"ae_opt": self.ae_opt, "opt": self.opt}
+            write_state(tmp, self._ema_params(), self.ema, optimizers)
             write_info(tmp, self.step, self.cfg.to_dict(), metrics)
 
         save_checkpoint(out, write)
 
     @classmethod
     def load(cls, folder: Path) -> Trainer:
-        from safetensors.torch import load_file
-
-        state = folder / STATE_DIR
-        info = json.loads((state / "trainer.json").read_text())
-        t = cls(SDTrainConfig.from_dict(info["config"]), folder)
-        raw = load_file(str(state / "weights.safetensors"))
-        with torch.no_grad():
-            for name, p in t._ema_params().items():
-                p.copy_(raw[name])
-        if (state / "ema.safetensors").is_file():
-            t.ema = load_file(str(state / "ema.safetensors"))
-        load_optimizers(state, {"ae_opt": t.ae_opt, "opt": t.opt})
-        t.step = int(info["step"])
+        t = cls(SDTrainConfig.from_dict(saved_config(folder)), folder)
+        t.ema, t.step = read_state(folder, t._ema_params(), {"ae_opt": t.ae_opt, "opt": t.opt})
         return t
+
+
+def saved_config(folder: Path) -> dict[str, Any]:
+    """The training configuration a checkpoint was saved with."""
+    return dict(json.loads((folder / STATE_DIR / "trainer.json").read_text())["config"])
+
+
+def write_state(
+    folder: Path,
+    params: dict[str, torch.nn.Parameter],
+    ema: dict[str, torch.Tensor],
+    optimizers: dict[str, Any],
+) -> None:
+    """A checkpoint's `training/`: the raw trained weights, their EMA, the optimisers."""
+    from safetensors.torch import save_file
+
+    state = folder / STATE_DIR
+    state.mkdir()
+    raw = {k: v.detach().contiguous() for k, v in params.items()}
+    save_file(raw, str(state / "weights.safetensors"))
+    if ema:
+        save_file(ema, str(state / "ema.safetensors"))
+    save_optimizers(state, optimizers)
+
+
+def read_state(
+    folder: Path,
+    params: dict[str, torch.nn.Parameter],
+    optimizers: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], int]:
+    """`write_state`'s counterpart: loads the raw weights into `params` and the optimisers'
+    state; returns the EMA (empty when none was kept) and the step."""
+    from safetensors.torch import load_file
+
+    state = folder / STATE_DIR
+    raw = load_file(str(state / "weights.safetensors"))
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(raw[name])
+    ema = load_file(str(state / "ema.safetensors")) if (state / "ema.safetensors").is_file() else {}
+    load_optimizers(state, optimizers)
+    return ema, int(json.loads((state / "trainer.json").read_text())["step"])
 
 
 def caption_tokens(
