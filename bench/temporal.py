@@ -57,6 +57,7 @@ CONFIGS: dict[str, dict[str, Any]] = {  # every switch explicit: defaults may ch
             ("attention", 0.0, False, 0.0, True),
             ("noise + attention", 0.0, True, 0.0, True),
             ("noise + post 0.8", 0.0, True, 0.8, False),
+            ("noise + post 0.9", 0.0, True, 0.9, False),
             ("noise + attention + post 0.8", 0.0, True, 0.8, True),
             ("init 0.5 + noise + post 0.8", 0.5, True, 0.8, False),
         )
@@ -150,6 +151,9 @@ def main() -> int:
     ap.add_argument("--prompt", default="red brick wall")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--no-depth", action="store_true", help="send no near/far: img2img without depth control"
+    )
     a = ap.parse_args()
     from PIL import Image
 
@@ -174,7 +178,12 @@ def main() -> int:
                     rows: dict[str, Any] = {"renders_warping_error": floor}
                     for name in names:
                         base = {"prompt": a.prompt, "steps": a.steps, "strength": a.strength,
-                                "width": size[0], "height": size[1], "seed": 1}  # fmt: skip
+                                "width": size[0], "height": size[1], "seed": 1,
+                                # sequence-wide, as the add-on's Stylize sends them: the
+                                # embedded model's depth ControlNet follows each frame's depth
+                                "near": 0.0 if a.no_depth else min(f["near"] for f in frames),
+                                "far": 0.0 if a.no_depth else max(f["far"] for f in frames),
+                                }  # fmt: skip
                         t0 = time.monotonic()
                         m = measure(stylize(c, frames, {**base, **CONFIGS[name]}), renders, passes)
                         m["seconds"] = time.monotonic() - t0

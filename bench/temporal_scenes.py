@@ -66,7 +66,8 @@ def shot(name, sc):
     frames = []
     for f in range(1, n + 1):
         c = cap.capture_camera(sc, folder, frame=f, stem=f"{f:04d}")
-        frames.append({"frame": f, "color": str(c.color_path), "passes": str(c.passes_path)})
+        frames.append({"frame": f, "color": str(c.color_path), "passes": str(c.passes_path),
+                       "near": c.near, "far": c.far})  # fmt: skip
     return frames
 
 
