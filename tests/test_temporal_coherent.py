@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from test_temporal_flow import scene
 
-from genart_core.temporal.coherent import Coherence, Frame, Previous, finish, prepare
+from genart_core.temporal.coherent import Coherence, Frame, Previous, Step, finish, prepare
 from genart_core.temporal.flow import warping_error
 
 
@@ -62,6 +62,22 @@ def test_post_blend_mixes_only_valid_pixels() -> None:
     out = finish(Coherence(post_blend=0.5), np.full_like(s["frames"][1], 200), step)
     assert step.valid is not None
     assert (out[step.valid] == 100).all() and (out[~step.valid] == 200).all()
+
+
+def test_a_coarse_post_blend_keeps_the_frames_own_fine_detail() -> None:
+    """post_radius > 0 blends only the local mean of the difference: a fine checker in the
+    output survives a blend of 1.0 with a flat history, moved to the history's level."""
+    h, w = 32, 32
+    fine = np.where((np.indices((h, w)).sum(axis=0) % 2)[..., None], 140, 60) * np.ones(3)
+    valid = np.ones((h, w), bool)
+    valid[:, :4] = False
+    step = Step(np.full((h, w, 3), 180.0, np.float32), valid, fine.astype(np.uint8), None, 0.9)
+    flat = finish(Coherence(post_blend=1.0), fine.astype(np.uint8), step)
+    kept = finish(Coherence(post_blend=1.0, post_radius=2), fine.astype(np.uint8), step)
+    inner = np.s_[4:-4, 8:-4]  # away from the borders and the invalid strip
+    assert np.ptp(flat[inner]) == 0 and flat[inner].mean() == 180  # the detail is gone
+    assert np.ptp(kept[inner]) >= 70 and abs(kept[inner].mean() - 180) < 2  # kept, moved
+    assert (kept[:, :4] == fine[:, :4]).all()  # invalid pixels are the frame's own
 
 
 def test_a_flickering_stylizer_flickers_less_through_coherence() -> None:

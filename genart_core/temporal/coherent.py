@@ -34,6 +34,9 @@ class Coherence:
     init_blend: float = 0.0  # 0..1
     anchored_noise: bool = False
     post_blend: float = 0.0  # 0..1
+    # > 0: post blend only what is coarser than this radius (px): the frame keeps its own
+    # fine detail (the render's edges), the warped history evens out the rest
+    post_radius: int = 0
 
     @property
     def active(self) -> bool:
@@ -149,9 +152,29 @@ def finish(cfg: Coherence, output: np.ndarray, step: Step) -> np.ndarray:
     """Frame t's output (h, w, 3) uint8 after `post_blend` with the warped previous one."""
     if cfg.post_blend <= 0 or step.warped is None or step.valid is None:
         return output
-    mixed = (1 - cfg.post_blend) * output.astype(np.float32) + cfg.post_blend * step.warped
-    out = np.where(step.valid[..., None], mixed, output.astype(np.float32))
+    now = output.astype(np.float32)
+    delta = step.warped - now
+    if cfg.post_radius > 0:  # the masked local mean of the difference: its coarse part
+        w = step.valid.astype(np.float32)[..., None]
+        delta = box_mean(delta * w, cfg.post_radius) / np.maximum(
+            box_mean(w, cfg.post_radius), 1e-6
+        )
+    out = np.where(step.valid[..., None], now + cfg.post_blend * delta, now)
     return out.round().clip(0, 255).astype(np.uint8)
+
+
+def box_mean(a: np.ndarray, r: int) -> np.ndarray:
+    """The mean of `a` (H, W[, C]) over (2r+1)² windows, the borders repeated."""
+    out = a.astype(np.float32)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (r + 1, r)
+        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis, dtype=np.float64)
+        n = out.shape[axis]
+        hi = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis)
+        lo = np.take(c, np.arange(0, n), axis=axis)
+        out = ((hi - lo) / (2 * r + 1)).astype(np.float32)
+    return out
 
 
 def frame_error(output: np.ndarray, step: Step) -> float | None:

@@ -59,6 +59,15 @@ PARAMS = (
     ),
     Param("coherence_noise", "bool", True, "noise that follows the surfaces"),
     Param(
+        "coherence_post_radius",
+        "int",
+        0,
+        "post blend only what is coarser than this many pixels (0: everything); the frame "
+        "keeps its own finer detail",
+        min=0,
+        max=64,
+    ),
+    Param(
         "coherence_attention",
         "bool",
         False,
@@ -82,6 +91,7 @@ def config(params: dict[str, Any]) -> Coherence | None:
         init_blend=params["coherence_init"],
         anchored_noise=params["coherence_noise"],
         post_blend=params["coherence_post"],
+        post_radius=params["coherence_post_radius"],
     )
 
 
