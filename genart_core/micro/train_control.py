@@ -170,7 +170,7 @@ class ControlTrainer:
                 {"params": [*self.unet.parameters(), *self.text.parameters()], "lr": cfg.unet_lr}
             )
         self.opt = torch.optim.AdamW(groups, weight_decay=1e-2)
-        self.base_lrs = [float(g["lr"]) for g in groups]  # type: ignore[arg-type]
+        self.base_lrs = [cfg.lr, *([cfg.unet_lr] if self.tune_unet else [])]
         self.ema: dict[str, torch.Tensor] = {}
 
     def _params(self) -> dict[str, torch.nn.Parameter]:
