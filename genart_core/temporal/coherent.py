@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .flow import backward_flow, forward_flow, nearest, validity, warp
+from .flow import between, nearest, warp
 
 MODES = ("off", "exact_flow")
 
@@ -121,14 +121,11 @@ def prepare(
 
     if previous is None or not cfg.active:
         return Step(None, None, render, fresh(), 0.0)
-    b = backward_flow(frame.vector)
-    v = validity(
-        b,
-        forward_flow(previous.frame.vector),
-        ids_t=frame.object_index,
-        ids_prev=previous.frame.object_index,
-        depth_t=frame.depth,
-        depth_prev=previous.frame.depth,
+    b, v = between(
+        previous.frame.vector,
+        frame.vector,
+        ids=(previous.frame.object_index, frame.object_index),
+        depths=(previous.frame.depth, frame.depth),
     )
     b_out = resize_flow(b, h, w)
     valid = resize_mask(v.valid, h, w)

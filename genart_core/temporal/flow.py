@@ -121,6 +121,27 @@ def validity(
     return Validity(valid, inside, consistent, same_object, same_depth)
 
 
+def between(
+    vector_prev: np.ndarray,
+    vector_t: np.ndarray,
+    *,
+    ids: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+    depths: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+) -> tuple[np.ndarray, Validity]:
+    """Frame t's backward flow and the `validity` of its pixels against frame t−1, from
+    both frames' Vector passes; `ids` and `depths` are (t−1, t) pairs (None: unchecked)."""
+    b = backward_flow(vector_t)
+    v = validity(
+        b,
+        forward_flow(vector_prev),
+        ids_t=ids[1],
+        ids_prev=ids[0],
+        depth_t=depths[1],
+        depth_prev=depths[0],
+    )
+    return b, v
+
+
 @dataclass(frozen=True)
 class WarpingError:
     per_frame: list[float]  # frames 1..N−1: mean masked |frame_t − warp(frame_{t−1})|
@@ -151,14 +172,11 @@ def warping_error(
         raise ValueError("frames, vectors, ids and depths must be the same length")
     errors, shares = [], []
     for t in range(1, n):
-        b = backward_flow(vectors[t])
-        v = validity(
-            b,
-            forward_flow(vectors[t - 1]),
-            ids_t=None if ids is None else ids[t],
-            ids_prev=None if ids is None else ids[t - 1],
-            depth_t=None if depths is None else depths[t],
-            depth_prev=None if depths is None else depths[t - 1],
+        b, v = between(
+            vectors[t - 1],
+            vectors[t],
+            ids=(None, None) if ids is None else (ids[t - 1], ids[t]),
+            depths=(None, None) if depths is None else (depths[t - 1], depths[t]),
         )
         cur = frames[t].astype(np.float32)
         diff = np.abs(cur - warp(frames[t - 1], b))
@@ -203,15 +221,7 @@ def fresh_share(
     whose output differs from the previous output warped to t by more than `threshold`
     (0-255, mean over channels): new content rather than smeared history. None when no
     pixel is invalid."""
-    b = backward_flow(vector)
-    v = validity(
-        b,
-        forward_flow(previous_vector),
-        ids_t=None if ids is None else ids[1],
-        ids_prev=None if ids is None else ids[0],
-        depth_t=None if depths is None else depths[1],
-        depth_prev=None if depths is None else depths[0],
-    )
+    b, v = between(previous_vector, vector, ids=ids or (None, None), depths=depths or (None, None))
     invalid = ~v.valid
     if not invalid.any():
         return None
