@@ -15,8 +15,13 @@ import numpy as np
 from ..protocol.errors import InvalidParams
 
 
+def has_near_far(near: float, far: float) -> bool:
+    """Whether near/far can map depth: finite with 0 < near < far."""
+    return bool(np.isfinite(near) and np.isfinite(far) and 0 < near < far)
+
+
 def check_near_far(near: float, far: float) -> None:
-    if not (np.isfinite(near) and np.isfinite(far) and 0 < near < far):
+    if not has_near_far(near, far):
         raise InvalidParams(
             f"near and far must be finite with 0 < near < far, got near={near}, far={far}",
             field="params.near",

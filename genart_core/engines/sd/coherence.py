@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ...protocol.errors import InvalidParams
+from ...temporal import coherent
 from ...temporal.coherent import MODES, Coherence, Frame, Previous
 from ..base import Input, Output, RunContext
 from ..schema import Param
@@ -59,6 +60,14 @@ PARAMS = (
     ),
     Param("coherence_noise", "bool", True, "noise that follows the surfaces"),
     Param(
+        "coherence_post",
+        "float",
+        0.8,
+        "share of the warped previous frame blended into each output",
+        min=0.0,
+        max=1.0,
+    ),
+    Param(
         "coherence_post_radius",
         "int",
         0,
@@ -73,25 +82,19 @@ PARAMS = (
         False,
         "self-attention also attends to the first and the previous frame (cross-frame)",
     ),
-    Param(
-        "coherence_post",
-        "float",
-        0.8,
-        "share of the warped previous frame blended into each output",
-        min=0.0,
-        max=1.0,
-    ),
 )
 
 
 def config(params: dict[str, Any]) -> Coherence | None:
+    """The request's coherence, None when off. Engines without latent noise or a coarse
+    blend (`vqgan_clip`) have no `coherence_noise` / `coherence_post_radius`: off."""
     if params.get("coherence", "off") == "off":
         return None
     return Coherence(
         init_blend=params["coherence_init"],
-        anchored_noise=params["coherence_noise"],
+        anchored_noise=params.get("coherence_noise", False),
         post_blend=params["coherence_post"],
-        post_radius=params["coherence_post_radius"],
+        post_radius=params.get("coherence_post_radius", 0),
     )
 
 
@@ -162,6 +165,23 @@ def noise_output(noise: np.ndarray) -> Output:
     """The (C, h, w) noise as an output (h, w, C) float32 for the next frame."""
     arr = np.ascontiguousarray(np.moveaxis(noise, 0, -1), np.float32)
     return Output(NOISE, arr, "float32", arr.shape, "linear")
+
+
+def finish(
+    coh: Coherence, pixels: np.ndarray, step: coherent.Step
+) -> tuple[np.ndarray, list[Output]]:
+    """Frame t's output (h, w, 3) uint8 after the post blend, and what it reports: its
+    warping error (not on a first frame), its initial noise for the next frame (when
+    anchored) and the share of it carried from the previous frame."""
+    pixels = coherent.finish(coh, pixels, step)
+    extra = []
+    error = coherent.frame_error(pixels, step)
+    if error is not None:
+        extra.append(scalar_output("warping_error", error))
+    if step.noise is not None:
+        extra.append(noise_output(step.noise))
+    extra.append(scalar_output(VALID, step.valid_share))
+    return pixels, extra
 
 
 @contextmanager

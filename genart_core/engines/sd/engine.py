@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ...imaging.control import check_near_far, depth_to_disparity, fit_size, normals_to_bae
+from ...imaging.control import (
+    check_near_far,
+    depth_to_disparity,
+    fit_size,
+    has_near_far,
+    normals_to_bae,
+)
 from ...protocol.errors import EngineFailed, InvalidParams, OutOfMemory
 from ...temporal import coherent
 from ...temporal.coherent import Frame
@@ -233,7 +239,8 @@ class StableDiffusionEngine(Engine):
             if kind not in arrays:
                 continue
             ref = params[f"{kind}_controlnet"]
-            if not ref and kind == "depth" and (kind not in bundled or _has_near_far(params)):
+            near_far = has_near_far(params["near"], params["far"])
+            if not ref and kind == "depth" and (kind not in bundled or near_far):
                 ref = embedded_depth(params)  # a capture's depth counts with its near/far
             if not ref and kind in bundled:
                 continue  # a pass the capture carries anyway; only a ControlNet makes it count
@@ -278,7 +285,7 @@ class StableDiffusionEngine(Engine):
                     "control needs a depth or normal input with its ControlNet, or an image",
                     field="inputs.depth",
                 )
-            if ctx is not None:  # e.g. the embedded micro model: it has no ControlNet
+            if ctx is not None:  # e.g. a model set without a ControlNet
                 ctx.warn("no depth or normal ControlNet: image-to-image on the render only")
         if mode != "txt2img" and int(params["steps"] * params["strength"]) < 1:
             raise InvalidParams(
@@ -584,13 +591,7 @@ class StableDiffusionEngine(Engine):
         pixels = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
         extra: list[Output] = []
         if coh is not None and step is not None:
-            pixels = coherent.finish(coh, pixels, step)
-            error = coherent.frame_error(pixels, step)
-            if error is not None:
-                extra.append(coherence.scalar_output("warping_error", error))
-            if step.noise is not None:
-                extra.append(coherence.noise_output(step.noise))
-            extra.append(coherence.scalar_output(coherence.VALID, step.valid_share))
+            pixels, extra = coherence.finish(coh, pixels, step)
         img = Image.fromarray(pixels, "RGB")
         wrap_x = params["tileable"] or params["panorama"]
         img = resize(img, (prep.width, prep.height), wrap_x, params["tileable"])
@@ -619,10 +620,6 @@ def model_ref(params: dict[str, Any]) -> str:
             field="params.model",
         )
     return str(folder)
-
-
-def _has_near_far(params: dict[str, Any]) -> bool:
-    return 0 < params["near"] < params["far"] < math.inf
 
 
 def embedded_depth(params: dict[str, Any]) -> str:

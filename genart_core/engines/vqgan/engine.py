@@ -17,11 +17,12 @@ import numpy as np
 from ...imaging.control import depth_to_disparity, fit_size
 from ...protocol.errors import InvalidParams, OutOfMemory
 from ...temporal import coherent
-from ...temporal.coherent import MODES, Coherence
+from ...temporal.coherent import MODES
 from ..base import Engine, Input, Output, RunContext
 from ..schema import MAX_PIXELS_PARAM, MAX_SIDE, Param, check_pixel_cap
+from ..sd import coherence
 from ..sd.arrays import read_inputs, to_rgb
-from ..sd.coherence import PREVIOUS_INPUTS, VALID, previous, read_frame, scalar_output
+from ..sd.coherence import PREVIOUS_INPUTS, previous, read_frame
 
 log = logging.getLogger("genart.engines.vqgan")
 
@@ -250,14 +251,6 @@ class VQGANEngine(Engine):
         ]
 
 
-def _coherence(params: dict[str, Any]) -> Coherence | None:
-    """VQGAN+CLIP's coherence: the warped previous frame as the start image (no noise to
-    anchor: the optimisation starts from the encoded image)."""
-    if params.get("coherence", "off") == "off":
-        return None
-    return Coherence(init_blend=params["coherence_init"], post_blend=params["coherence_post"])
-
-
 @dataclass
 class ClipRequest:
     """A VQGAN+CLIP request after validation (sizes and maps at the input's resolution)."""
@@ -431,7 +424,7 @@ class VQGANCLIPEngine(Engine):
             disparity = depth_to_disparity(depth, params["near"], params["far"])
             weight = 1.0 - params["depth_weight"] * (1.0 - disparity)
         frame = None
-        if task == "sequence" and _coherence(params) is not None:
+        if task == "sequence" and coherence.config(params) is not None:
             frame = read_frame(passes)
         return ClipRequest(width, height, image, weight, frame, given)
 
@@ -454,7 +447,7 @@ class VQGANCLIPEngine(Engine):
         gw, gh = fit_size(req.width, req.height, area, f)
         init = _resize(req.image, gw, gh) if req.image is not None else None
         weight = _resize_plane(req.weight, gw, gh) if req.weight is not None else None
-        coh = _coherence(params) if req.frame is not None else None
+        coh = coherence.config(params) if req.frame is not None else None
         step = None
         if coh is not None and init is not None:
             render = (np.clip(init, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -491,11 +484,7 @@ class VQGANCLIPEngine(Engine):
         rgb = result.image
         if coh is not None and step is not None:
             pixels = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-            pixels = coherent.finish(coh, pixels, step)
-            error = coherent.frame_error(pixels, step)
-            if error is not None:
-                extra.append(scalar_output("warping_error", error))
-            extra.append(scalar_output(VALID, step.valid_share))
+            pixels, extra = coherence.finish(coh, pixels, step)
             rgb = pixels.astype(np.float32) / 255.0
         img = rgba(rgb, req.width, req.height)
         return [Output("image", img, "uint8", img.shape, "srgb"), *extra]
