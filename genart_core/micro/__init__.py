@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,23 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def pins() -> dict[str, str]:
-    """Relative path → sha256 of every file of the embedded model (weights/pins.json)."""
+def _pins_file() -> dict[str, Any]:
+    """weights/pins.json as it is on disk ({} when absent), parsed once per version: the
+    `sd` engine asks on every request (`has_embedded_controlnet`)."""
     if not PINS_FILE.is_file():
         return {}
-    return dict(json.loads(PINS_FILE.read_text())["files"])
+    return _parsed(str(PINS_FILE), PINS_FILE.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _parsed(path: str, mtime_ns: int) -> dict[str, Any]:
+    return dict(json.loads(Path(path).read_text()))
+
+
+def pins() -> dict[str, str]:
+    """Relative path → sha256 of every file of the embedded model (weights/pins.json)."""
+    meta = _pins_file()
+    return dict(meta["files"]) if meta else {}
 
 
 def folder_digest(files: dict[str, str]) -> str:
@@ -86,7 +98,7 @@ def embedded_info() -> dict[str, Any] | None:
     expected = pins()
     if not expected:
         return None
-    meta = json.loads(PINS_FILE.read_text())
+    meta = _pins_file()
     return {
         "name": EMBEDDED_NAME,
         "path": str(EMBEDDED_DIR),
