@@ -60,7 +60,7 @@ class TextureFromCamera(Action):
     @staticmethod
     def _check_control(scene: bpy.types.Scene) -> list[str]:
         """The chosen engine should control by depth or normals with its current values.
-        When it cannot (e.g. the embedded micro model has no ControlNet) the render is sent
+        When it cannot (e.g. a model is set without a ControlNet) the render is sent
         and the engine runs image-to-image on it: returns that note for the report."""
         from .. import bridge, properties
 

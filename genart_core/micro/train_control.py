@@ -32,6 +32,8 @@ from .data import caption_for
 from .train_sd import (
     StepLog,
     caption_tokens,
+    load_ema,
+    named_parameters,
     read_state,
     save_pipeline,
     saved_config,
@@ -173,12 +175,13 @@ class ControlTrainer:
         self.base_lrs = [cfg.lr, *([cfg.unet_lr] if self.tune_unet else [])]
         self.ema: dict[str, torch.Tensor] = {}
 
+    def _trained(self, pipe: Any, net: Any) -> dict[str, torch.nn.Parameter]:
+        """The parameters this run trains, of `pipe` and `net` (its own or exported copies)."""
+        unet = {"unet": pipe.unet, "text": pipe.text_encoder} if self.tune_unet else {}
+        return named_parameters(controlnet=net, **unet)
+
     def _params(self) -> dict[str, torch.nn.Parameter]:
-        params = {f"controlnet.{n}": p for n, p in self.controlnet.named_parameters()}
-        if self.tune_unet:
-            params.update({f"unet.{n}": p for n, p in self.unet.named_parameters()})
-            params.update({f"text.{n}": p for n, p in self.text.named_parameters()})
-        return params
+        return self._trained(self.pipe, self.controlnet)
 
     def train_step(self) -> StepLog:
         t0 = time.perf_counter()
@@ -243,13 +246,7 @@ class ControlTrainer:
 
         pipe, net = copy.deepcopy(self.pipe), copy.deepcopy(self.controlnet)
         if self.ema:
-            params = {f"controlnet.{n}": p for n, p in net.named_parameters()}
-            if self.tune_unet:
-                params.update({f"unet.{n}": p for n, p in pipe.unet.named_parameters()})
-                params.update({f"text.{n}": p for n, p in pipe.text_encoder.named_parameters()})
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(self.ema[name])
+            load_ema(self.ema, self._trained(pipe, net))
         pipe.unet.eval()
         pipe.text_encoder.eval()
         return pipe, net.eval()

@@ -211,10 +211,7 @@ class Trainer:
         return float(loss.detach()), {"lr": self.opt.param_groups[0]["lr"]}
 
     def _ema_params(self) -> dict[str, torch.nn.Parameter]:
-        return {
-            **{f"unet.{n}": p for n, p in self.unet.named_parameters()},
-            **{f"text.{n}": p for n, p in self.text.named_parameters()},
-        }
+        return named_parameters(unet=self.unet, text=self.text)
 
     def _update_ema(self, k: int) -> None:
         update_ema(self.ema, self._ema_params(), self.cfg.ema, k)
@@ -227,13 +224,7 @@ class Trainer:
         import copy
 
         pipe = copy.deepcopy(self.pipe)
-        params = {
-            **{f"unet.{n}": p for n, p in pipe.unet.named_parameters()},
-            **{f"text.{n}": p for n, p in pipe.text_encoder.named_parameters()},
-        }
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.ema[name])
+        load_ema(self.ema, named_parameters(unet=pipe.unet, text=pipe.text_encoder))
         pipe.unet.eval()
         pipe.text_encoder.eval()
         return pipe
@@ -315,6 +306,19 @@ def caption_tokens(
         ids = ids[: sd.MAX_TOKENS - 1] + [tok.eos_token_id] if len(ids) > sd.MAX_TOKENS else ids
         rows.append(ids + [tok.pad_token_id] * (sd.MAX_TOKENS - len(ids)))
     return torch.tensor(rows)
+
+
+def named_parameters(**modules: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Every parameter of `modules` as "<keyword>.<its name>": the names the EMA and the
+    checkpoints' training/ weights use."""
+    return {f"{key}.{n}": p for key, m in modules.items() for n, p in m.named_parameters()}
+
+
+@torch.no_grad()
+def load_ema(ema: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> None:
+    """The moving averages copied into `params` (an exported copy's)."""
+    for name, p in params.items():
+        p.copy_(ema[name])
 
 
 @torch.no_grad()

@@ -11,10 +11,11 @@ attention processors: nothing of the UNet is replaced, and the processors are pu
 after each frame.
 
 The recorded states live in the worker's memory (`Anchors`, one per job), on the model's
-device: for SD 1.5 at 512² about 50 MB per denoising step, twice (first and previous
-frame). They are only used when frame t−1 of the same job, at the same size, steps and
-guidance, was recorded right before; after a worker restart the frame runs without them
-and says so. Cross-attention (text) layers are left as they are.
+device: for SD 1.5 at 512² about 50 MB per denoising step (estimated from the layers'
+shapes, not measured), twice (first and previous frame). They are only used when frame
+t−1 of the same job, at the same size, steps and guidance, was recorded right before;
+after a worker restart the frame runs without them and says so. Cross-attention (text)
+layers are left as they are.
 """
 
 from __future__ import annotations
