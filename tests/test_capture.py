@@ -250,3 +250,23 @@ def test_passes_read_single_and_multi_part_files(tmp_path: Path) -> None:
     with pytest.raises(InvalidParams) as exc:
         read_passes(b"not an exr")
     assert exc.value.field == "inputs.passes"
+
+
+def test_passes_read_a_file_output_nodes_layout(tmp_path: Path) -> None:
+    """Stylize renders' passes come from a compositor File Output node: no view layer,
+    channels named by socket type (`Depth.V`, `Vector.R`..., measured in the 5.0 wheel)."""
+    import OpenEXR
+
+    rng = np.random.default_rng(0)
+    vector = rng.normal(size=(6, 8, 4)).astype(np.float32)
+    depth = np.full((6, 8), 3.0, np.float32)
+    depth[5, 7] = 1e10
+    chans = {"Depth.V": depth, "Object Index.V": np.full((6, 8), 2.0, np.float32)}
+    chans |= {f"Vector.{c}": np.ascontiguousarray(vector[..., i]) for i, c in enumerate("RGBA")}
+    path = tmp_path / "fo.exr"
+    with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION}, chans) as f:
+        f.write(str(path))
+    p = read_passes(path)
+    assert p.layer == "" and p.present() == ["depth", "vector", "object_index"]
+    assert np.array_equal(p.vector, vector) and np.isinf(p.depth[5, 7]) and p.depth[0, 0] == 3.0
+    assert object_ids(p) == [2]

@@ -4,6 +4,8 @@ and that a flickering per-frame "stylizer" flickers less through them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from test_temporal_flow import scene
 
@@ -101,3 +103,29 @@ def test_a_flickering_stylizer_flickers_less_through_coherence() -> None:
     naive = warping_error(run(Coherence()), s["vectors"], ids=s["ids"]).mean
     coherent = warping_error(run(Coherence(post_blend=0.8)), s["vectors"], ids=s["ids"]).mean
     assert coherent < naive / 3, (coherent, naive)
+
+
+def test_previous_inputs_win_over_the_jobs_previous_frame(tmp_path: Path) -> None:
+    """A client sends `previous_image` + `previous_passes` when frame t−1 is not the job's
+    previous frame (up-to-date frames skipped between, a render frame by frame): those are
+    used, not the job's committed frame before it; without them the job's frame is used."""
+    from PIL import Image
+
+    from genart_core.engines.base import Input, PreviousFrame, RunContext
+    from genart_core.engines.sd import coherence
+    from genart_core.imaging.passes import write_passes
+
+    def frame_files(name: str, value: int) -> tuple[Input, Input]:
+        Image.fromarray(np.full((6, 8, 3), value, np.uint8)).save(tmp_path / f"{name}.png")
+        write_passes(tmp_path / f"{name}.exr", {"vector": np.zeros((6, 8, 4))})
+        image = Input("image", "blob", tmp_path / f"{name}.png", encoding="png")
+        return image, Input("passes", "blob", tmp_path / f"{name}.exr", encoding="exr")
+
+    job_image, job_passes = frame_files("job", 10)
+    disk_image, disk_passes = frame_files("disk", 200)
+    ctx = RunContext("j", 5, 9, 0)
+    ctx.previous = PreviousFrame({"passes": job_passes}, {"image": job_image})
+    given = {"previous_image": disk_image, "previous_passes": disk_passes}
+    assert int(coherence.previous(ctx, (8, 6), given).stylized.mean()) == 200
+    assert int(coherence.previous(ctx, (8, 6)).stylized.mean()) == 10
+    assert coherence.previous(RunContext("j", 0, 9, 0), (8, 6)) is None

@@ -37,6 +37,16 @@ PASSES = {  # our name -> (Blender's pass name, its channels in order)
 }
 
 ALIASES = {"object_index": ("IndexOB",)}  # older Blender's pass names
+# A compositor File Output node (multilayer) names channels `<input>.<channel>` with no view
+# layer, and by its input's socket type: values `V`, vectors `X Y Z`, colours `R G B A`
+# (measured in the bpy 5.0.1 wheel). Stylize renders writes the passes that way.
+FILE_OUTPUT = {
+    "depth": ("V",),
+    "normal": ("X", "Y", "Z"),
+    "vector": ("R", "G", "B", "A"),
+    "object_index": ("V",),
+    "position": ("X", "Y", "Z"),
+}
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,8 @@ def read_passes(source: bytes | Path | str, layer: str | None = None) -> Passes:
     """Decode a multilayer EXR (its bytes or its path) into `Passes`.
 
     `layer` picks a view layer; None takes the only one (an error if there are several).
-    A file of plain channels (`R`, `G`, `B`, `Z`...) reads as a layer named "".
+    A file of plain channels (`R`, `G`, `B`, `Z`...) or of a File Output node's channels
+    (`Depth.V`, `Vector.R`...) reads as a layer named "".
     """
     channels, header = _channels(source)
     layers = view_layers(channels)
@@ -140,6 +151,8 @@ def read_passes(source: bytes | Path | str, layer: str | None = None) -> Passes:
             names = list(chans)
         elif not layer and ours == "depth":
             names = ["Z"]
+        if not layer and ours in FILE_OUTPUT and not all(n in channels for n in names):
+            names = [f"{blender}.{c}" for c in FILE_OUTPUT[ours]]
         if not all(n in channels for n in names):
             continue
         arrs = [channels[n].astype(np.float32, copy=False) for n in names]

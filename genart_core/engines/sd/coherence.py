@@ -129,19 +129,21 @@ def _frame_of(path: str, mtime_ns: int, size: int) -> Frame | None:
 def previous(
     ctx: RunContext, size: tuple[int, int], given: dict[str, Input] | None = None
 ) -> Previous | None:
-    """Frame t−1's stylized image at `size` (w, h), its passes and noise: the job's
-    committed previous frame, else the `previous_image` + `previous_passes` inputs; None
-    for a first frame."""
+    """Frame t−1's stylized image at `size` (w, h), its passes and noise: the
+    `previous_image` + `previous_passes` inputs when the frame has them (the client sends
+    them when frame t−1 is not the job's previous frame: a re-run's first frame, a gap of
+    up-to-date frames, a render frame by frame), else the job's committed previous frame;
+    None for a first frame."""
     from PIL import Image
 
     prev = ctx.previous
     given = given or {}
+    if "previous_image" in given and "previous_passes" in given:
+        rgb = input_array(given["previous_image"])[..., :3]
+        if (rgb.shape[1], rgb.shape[0]) != size:
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+        return Previous(rgb, read_frame(given["previous_passes"], "inputs.previous_passes"))
     if prev is None or "image" not in prev.outputs or "passes" not in prev.inputs:
-        if "previous_image" in given and "previous_passes" in given:
-            rgb = input_array(given["previous_image"])[..., :3]
-            if (rgb.shape[1], rgb.shape[0]) != size:
-                rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
-            return Previous(rgb, read_frame(given["previous_passes"], "inputs.previous_passes"))
         return None
     rgb = input_array(prev.outputs["image"])[..., :3]
     if (rgb.shape[1], rgb.shape[0]) != size:
