@@ -493,19 +493,11 @@ def capture(
             saved.set(ob, "pass_index", i)
             ids[i] = ob.name
 
-        depsgraph = bpy.context.evaluated_depsgraph_get()
-        cam_eval = cam.evaluated_get(depsgraph)
-        projection = _matrix(
-            cam_eval.calc_matrix_camera(
-                depsgraph, x=w, y=h, scale_x=r.pixel_aspect_x, scale_y=r.pixel_aspect_y
-            )
-        )
-        cam_to_world = _matrix(cam_eval.matrix_world)
-        cam_data = cam.data
-        assert isinstance(cam_data, bpy.types.Camera)  # cam.type == "CAMERA", checked above
-        clip = (cam_data.clip_start, cam_data.clip_end)
-        nf = near_far(_bounds(objects, depsgraph), np.linalg.inv(cam_to_world), projection, clip)
+        nf, projection, cam_to_world = _view_depth(scene, cam, objects, w, h)
         if nf is None:
+            cam_data = cam.data
+            assert isinstance(cam_data, bpy.types.Camera)  # cam.type == "CAMERA", checked above
+            clip = (cam_data.clip_start, cam_data.clip_end)
             notes.append("no object in view: near/far are the camera's clip range")
             nf = clip
 
@@ -549,6 +541,52 @@ def capture(
         notes=tuple(notes),
         timings={"render": rendering[0], "total": time.perf_counter() - t_start},
     )
+
+
+def _view_depth(
+    scene: bpy.types.Scene, cam: bpy.types.Object, objects: list[bpy.types.Object], w: int, h: int
+) -> tuple[tuple[float, float] | None, np.ndarray, np.ndarray]:
+    """(near/far of `objects` in the camera's view or None, projection, camera to world)
+    at the scene's current frame."""
+    r = scene.render
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    cam_eval = cam.evaluated_get(depsgraph)
+    projection = _matrix(
+        cam_eval.calc_matrix_camera(
+            depsgraph, x=w, y=h, scale_x=r.pixel_aspect_x, scale_y=r.pixel_aspect_y
+        )
+    )
+    cam_to_world = _matrix(cam_eval.matrix_world)
+    data = cam.data
+    assert isinstance(data, bpy.types.Camera)
+    clip = (data.clip_start, data.clip_end)
+    nf = near_far(_bounds(objects, depsgraph), np.linalg.inv(cam_to_world), projection, clip)
+    return nf, projection, cam_to_world
+
+
+def range_near_far(
+    scene: bpy.types.Scene, frames: list[int], width: int, height: int
+) -> tuple[float, float] | None:
+    """Near/far over `frames` of the active camera's view from the objects' bounds, as a
+    capture computes them, without rendering (a sequence's one mapping, DESIGN §9: a
+    farm's chunk spans the frames it does not render). None when nothing is in view."""
+    cam = scene.camera
+    if cam is None or cam.type != "CAMERA" or not frames:
+        return None
+    objects = _renderable(_view_layer(scene, None))
+    orig, sub = scene.frame_current, scene.frame_subframe
+    spans = []
+    try:
+        for f in frames:
+            scene.frame_set(f)
+            nf = _view_depth(scene, cam, objects, width, height)[0]
+            if nf is not None:
+                spans.append(nf)
+    finally:
+        scene.frame_set(orig, subframe=sub)
+    if not spans:
+        return None
+    return min(a for a, _ in spans), max(b for _, b in spans)
 
 
 def _restore_selection(
@@ -650,6 +688,7 @@ __all__ = [
     "capture_camera",
     "capture_view",
     "near_far",
+    "range_near_far",
     "read_pass",
     "view_camera",
     "viewport_view",

@@ -219,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="carry each stylized frame to the next along the render's motion vectors "
         "(default exact-flow) or stylize every frame on its own",
     )
+    stylize.add_argument(
+        "--warmup",
+        type=int,
+        metavar="N",
+        help="a farm's chunk (--frame-start past the scene's start): first stylize N frames "
+        "before it, not written, so the chunk carries on coherently; frame start-1's "
+        "stylized file is used instead when it is there (default 8)",
+    )
     return parser
 
 
@@ -559,6 +567,7 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         "name": args.name,
         "mp4": args.mp4 or None,
         "coherence": args.coherence.upper().replace("-", "_") if args.coherence else None,
+        "warmup": args.warmup,
     }
     takes = {p.identifier for p in rna.properties}
     missing = [k for k, v in options.items() if v is not None and k not in takes]

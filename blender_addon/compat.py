@@ -103,6 +103,82 @@ def remove_handler(handlers: Any, fn: Any) -> None:
             handlers.remove(h)
 
 
+# 5.0 made the compositor a node group of its own (`scene.compositing_node_group`, a Group
+# Output instead of the Composite node) and gave File Output `directory` + `file_name` with
+# `file_output_items`; 4.5 has `scene.node_tree` (`use_nodes`), `base_path` and
+# `layer_slots`. Measured in the 5.0.1 and 4.5.15 wheels.
+HAS_NODE_GROUP_COMPOSITOR = hasattr(bpy.types.Scene, "bl_rna") and (
+    "compositing_node_group" in bpy.types.Scene.bl_rna.properties
+)
+
+
+def compositor(scene: Any) -> Any | None:
+    """The scene's compositor node tree, None when it has none (or, 4.5, nodes are off)."""
+    if HAS_NODE_GROUP_COMPOSITOR:
+        return scene.compositing_node_group
+    return scene.node_tree if scene.use_nodes else None
+
+
+def new_compositor(scene: Any, name: str) -> Any:
+    """A compositor that passes the render through unchanged (Render Layers to the output),
+    made the scene's; returns the tree."""
+    if HAS_NODE_GROUP_COMPOSITOR:
+        tree: Any = bpy.data.node_groups.new(name, "CompositorNodeTree")
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        out = tree.nodes.new("NodeGroupOutput")
+        rl = tree.nodes.new("CompositorNodeRLayers")
+        tree.links.new(rl.outputs["Image"], out.inputs[0])
+        scene.compositing_node_group = tree
+        return tree
+    scene.use_nodes = True  # 4.5 builds Render Layers -> Composite itself
+    return scene.node_tree
+
+
+def drop_compositor(scene: Any, tree: Any) -> None:
+    """Undoes `new_compositor`."""
+    if HAS_NODE_GROUP_COMPOSITOR:
+        if scene.compositing_node_group == tree:
+            scene.compositing_node_group = None
+        bpy.data.node_groups.remove(tree)
+    else:
+        scene.use_nodes = False
+
+
+# The socket type of each pass's File Output input decides its EXR channel names: values
+# `V`, vectors `X Y Z`, colours `R G B A` (genart_core.imaging.passes reads them so).
+FILE_OUTPUT_SOCKETS = {"Depth": "FLOAT", "Object Index": "FLOAT", "Normal": "VECTOR"}
+
+
+def set_file_output(node: Any, directory: str, stem: str, inputs: tuple[str, ...]) -> None:
+    """A File Output node writing one multilayer 32-bit float EXR (ZIP, lossless) per
+    frame, `<directory><stem><frame:04d>.exr`, with one layer per name in `inputs`."""
+    fmt = node.format
+    if HAS_MEDIA_TYPE:
+        fmt.media_type = "MULTI_LAYER_IMAGE"
+    else:
+        fmt.file_format = "OPEN_EXR_MULTILAYER"
+    fmt.color_depth = "32"
+    fmt.exr_codec = "ZIP"
+    if hasattr(node, "file_output_items"):  # 5.0+
+        node.directory, node.file_name = directory, stem
+        items = node.file_output_items
+        items.clear()
+        for name in inputs:
+            items.new(FILE_OUTPUT_SOCKETS.get(name, "RGBA"), name)
+    else:  # 4.5
+        node.base_path = os.path.join(directory, stem)
+        node.layer_slots.clear()
+        for name in inputs:
+            node.layer_slots.new(name)
+
+
+def file_output_base(node: Any) -> str:
+    """A File Output node's path before the frame number (Blender's `//` kept)."""
+    if hasattr(node, "file_output_items"):
+        return str(node.directory) + str(node.file_name)
+    return str(node.base_path)
+
+
 def openimageio() -> ModuleType:
     """Blender's bundled OpenImageIO (4.x and 5.x ship it in their Python's site-packages,
     which a real Blender has on sys.path; the `bpy` wheel does not, so it is added here)."""

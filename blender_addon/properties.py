@@ -339,6 +339,17 @@ def _selector(task: str) -> dict[str, Any]:
     }
 
 
+def _passes_update(self: Any, context: bpy.types.Context) -> None:
+    """Stylize renders or its coherence changed: add or remove the render's passes node."""
+    from . import render_passes
+
+    scene = self.id_data
+    if isinstance(scene, bpy.types.Scene):
+        line = render_passes.sync(scene)
+        if line:
+            print(f"genart: stylize renders: {line}", flush=True)
+
+
 class GENART_PG_prompt_key(bpy.types.PropertyGroup):
     """One entry of a prompt schedule: from `frame` on, the prompt is `prompt`."""
 
@@ -368,6 +379,19 @@ GENART_PG_settings = type(
                 description="Every rendered frame (F12, Ctrl+F12, blender -b -a) also goes "
                 "through the sidecar, the stylized frame written beside Blender's output",
                 default=False,
+                update=_passes_update,
+            ),
+            "stylize_renders_coherence": bpy.props.EnumProperty(  # type: ignore[func-returns-value]
+                name="Coherence",
+                description="Exact flow: the render also writes its motion vectors and depth "
+                "(a compositor File Output node, genart passes) and each frame is carried "
+                "on from the stylized frame before it, read from disk",
+                items=[
+                    ("EXACT_FLOW", "Exact flow", "Carry each frame on from the one before"),
+                    ("OFF", "Off", "Stylize every frame on its own"),
+                ],
+                default="EXACT_FLOW",
+                update=_passes_update,
             ),
             # What the last Stylize animation measured (the panel shows it).
             "stylize_report": bpy.props.StringProperty(  # type: ignore[func-returns-value]

@@ -82,7 +82,7 @@ import bpy
 import numpy as np
 from bpy.app.handlers import persistent
 
-from . import bridge, compat, properties, runtime, stylize
+from . import bridge, compat, properties, render_passes, runtime, stylize
 from ._vendor.genart_protocol import Attachment, GenartError
 from .client import jobs as J
 from .client.session import DEAD, READY, STOPPED
@@ -110,6 +110,7 @@ class Snapshot:
 
     genart: SimpleNamespace
     prompt: str | None  # from the schedule or a marker; None: the engine's own prompt
+    coherent: bool = False  # Exact flow asked for (the frame may still lack its passes)
 
 
 @dataclass
@@ -126,6 +127,11 @@ class Frame:
     engine: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    # Coherence (render_passes): this frame's passes as the render wrote them, frame n−1's
+    # stylized file and passes on disk, or why the frame goes without coherence.
+    passes: Path | None = None
+    previous: tuple[Path, Path] | None = None
+    note: str = ""
 
 
 @dataclass
@@ -167,6 +173,7 @@ class Run:
     written: list[int] = field(default_factory=list)
     up_to_date: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, float] = field(default_factory=dict)  # frame -> its warping error
     ended: bool = False
     cancelled: bool = False
     still: Frame | None = None
@@ -307,7 +314,7 @@ def snapshot(scene: bpy.types.Scene, frame: int) -> Snapshot | str:
         **{f"{TASK}_engine_name": getattr(settings, f"{TASK}_engine_name")},
     )
     scheduled = stylize.resolve_prompt(scene, frame, _UNSET)
-    return Snapshot(genart, None if scheduled == _UNSET else scheduled)
+    return Snapshot(genart, None if scheduled == _UNSET else scheduled, render_passes.wanted(scene))
 
 
 def _plain(value: Any) -> Any:
@@ -379,9 +386,51 @@ def _render_write(scene: bpy.types.Scene) -> None:
         item.error = item.error or snap
     else:
         item.snapshot = snap
+    _coherence_inputs(scene, item, rd.t0)
     rd.post(item)
     if _on_main():
         pump()
+
+
+def _coherence_inputs(scene: bpy.types.Scene, item: Frame, t0: float) -> None:
+    """With Exact flow: the passes this render wrote for the frame, moved beside its
+    stylized frame (`genart/passes/<name>.exr`, so a frame and its passes stay together
+    whatever the output path was when the node was set up; their pixels join the frame's
+    inputs hash), and frame n−1's stylized file and passes; else why not (no bpy writes)."""
+    if item.error or item.snapshot is None or not item.snapshot.coherent or item.out is None:
+        return
+    n = item.frame
+    why = render_passes.missing_reason(scene)
+    written = render_passes.passes_path(scene, n)
+    if not why and scene.frame_step != 1:
+        why = f"the frame step is {scene.frame_step} (the motion vectors reach frame n-1 only)"
+    if not why and written is None:
+        why = (
+            "the scene has no genart passes node (turn Stylize renders off and on, or "
+            "press Set up passes)"
+        )
+    fresh = written is not None and written.is_file() and written.stat().st_mtime >= t0 - 2
+    if not why and not fresh:
+        why = f"the render wrote no passes at {written} (is compositing on?)"
+    if why:
+        item.note = f"coherence off: {why}"
+        return
+    assert written is not None
+    target = render_passes.beside(item.out)
+    try:
+        if written != target:
+            render_passes.move(written, target)
+        passes_digest = stylize.pixels_hash([target])
+    except OSError as exc:
+        item.note = f"coherence off: cannot keep the passes: {exc}"
+        return
+    item.passes = target
+    item.inputs_hash = hashlib.sha256((item.inputs_hash + passes_digest).encode()).hexdigest()
+    try:
+        before = stylized_path(scene, n - 1)
+    except OSError:
+        return
+    item.previous = (before, render_passes.beside(before))
 
 
 def _render_end(scene: bpy.types.Scene, cancelled: bool) -> None:
@@ -401,6 +450,7 @@ def _render_end(scene: bpy.types.Scene, cancelled: bool) -> None:
                 still.out = stylized_path(scene, n)
             except OSError as exc:
                 still.error = still.error or str(exc)
+            _coherence_inputs(scene, still, rd.t0)
     finally:
         rd.post(Ended(cancelled, still))  # whatever happened: the run must end
     if _on_main():
@@ -593,9 +643,14 @@ def _prepare(run: Run) -> None:
         except GenartError as exc:
             run.fail(item.frame, J.error_text(exc)[0])
             continue
+        if item.note:
+            _say(f"frame {item.frame}: {item.note}")
         sha = runtime.session().model_sha(str(item.params.get("model", "")), item.engine)
         version = runtime.session().engine_version(item.engine)
-        item.digest = stylize.frame_hash(item.inputs_hash, item.engine, version, sha, item.params)
+        hashed = item.params
+        if _coherent(item):  # built on frame n−1: its hash is part of this frame's
+            hashed = {**item.params, "previous_frame": _previous_digest(run, item)}
+        item.digest = stylize.frame_hash(item.inputs_hash, item.engine, version, sha, hashed)
         if stylize.existing_hash(item.out) == item.digest:
             item.pixels = None
             run.up_to_date.append(item.frame)
@@ -603,6 +658,40 @@ def _prepare(run: Run) -> None:
         else:
             run.todo.append(item)
     run.incoming = []
+
+
+def _coherent(item: Frame) -> bool:
+    return item.params.get("coherence", "off") != "off"
+
+
+def _previous_digest(run: Run, item: Frame) -> str:
+    """Frame n−1's recipe hash: as prepared in this render, else its file's on disk."""
+    before = [f for f in run.frames if f.frame == item.frame - 1 and f.digest]
+    if before:
+        return before[-1].digest
+    if item.previous is not None and item.previous[0].is_file():
+        return stylize.existing_hash(item.previous[0]) or ""
+    return ""
+
+
+def _previous_inputs(run: Run, item: Frame) -> dict[str, Attachment]:
+    """Frame n−1's stylized file and passes from disk (F12 frame by frame, a chunk of a
+    farm, a render that resumes): the sidecar carries the frame on from them. Nothing when
+    they are not there, or when frame n−1 is still being stylized in this render."""
+    n = item.frame
+    pending = [f for f in run.frames if f.frame == n - 1]
+    if pending and n - 1 not in run.written and n - 1 not in run.up_to_date:
+        return {}
+    if item.previous is None:
+        return {}
+    image, passes = item.previous
+    if not image.is_file() or not passes.is_file():
+        _say(f"frame {n}: no stylized frame {n - 1} on disk; coherence starts afresh here")
+        return {}
+    return {
+        "previous_image": Attachment.blob("previous_image", image.read_bytes(), "png"),
+        "previous_passes": Attachment.blob("previous_passes", passes.read_bytes(), "exr"),
+    }
 
 
 def _request(item: Frame) -> tuple[str, dict[str, Any]]:
@@ -613,7 +702,8 @@ def _request(item: Frame) -> tuple[str, dict[str, Any]]:
     if prompt is None:
         prompt = str(getattr(group, "prompt", "") or "")
     h, w = item.pixels.shape[:2]
-    filled = {"width": w, "height": h, "prompt": prompt}
+    coherence = "exact_flow" if item.passes is not None else "off"
+    filled = {"width": w, "height": h, "prompt": prompt, "coherence": coherence}
     request = bridge.build_request(SimpleNamespace(genart=genart), TASK, filled)
     return request.engine, request.submit_params()["params"]
 
@@ -639,12 +729,21 @@ def _send(run: Run) -> None:
             sent = Sent(job, capacity)
             run.sent.append(sent)
         i = len(sent.index)
+        before = sent.index.get(i - 1)
         sent.index[i] = item
         base = sent.job.params
         overrides = {k: v for k, v in item.params.items() if base.get(k) != v}
         assert item.pixels is not None
         image = Attachment.array("image", item.pixels, "uint8", item.pixels.shape, "srgb")
-        jobs.append(sent.job, i, {"image": image}, overrides)
+        inputs = {"image": image}
+        if _coherent(item) and item.passes is not None:
+            try:
+                inputs["passes"] = Attachment.blob("passes", item.passes.read_bytes(), "exr")
+                if before is None or before.frame != item.frame - 1:
+                    inputs.update(_previous_inputs(run, item))
+            except OSError as exc:
+                _say(f"frame {item.frame}: cannot read the passes: {exc}", alert=True)
+        jobs.append(sent.job, i, inputs, overrides)
         item.pixels = None  # the attachment holds it until it is sent
     run.todo = []
 
@@ -675,6 +774,7 @@ def _collect(run: Run) -> None:
 
 def _write(run: Run, sent: Sent, item: Frame, reply: Any) -> None:
     from .operators.generate import ActionError, recipe_for, result_pixels
+    from .operators.stylize import scalar_output
 
     assert item.out is not None
     holder = J.Job(sent.job.label, sent.job.engine, TASK, item.params, result=reply)
@@ -685,6 +785,12 @@ def _write(run: Run, sent: Sent, item: Frame, reply: Any) -> None:
             raise ActionError(f"scene {run.scene!r} is gone")
         recipe = recipe_for(SimpleNamespace(scene=scene), _Action(), holder, {})
         recipe.update(frame=item.frame, inputs_sha256=item.inputs_hash, source=item.source)
+        flicker = scalar_output(reply, "warping_error")
+        if flicker is not None:
+            run.errors[item.frame] = flicker
+            recipe["warping_error"] = round(flicker, 3)
+        if item.note:
+            recipe["coherence_note"] = item.note
         stylize.write_frame(item.out, result_pixels(holder), recipe, item.digest)
     except (ActionError, OSError, ValueError) as exc:
         run.fail(item.frame, f"cannot write {item.out}: {exc}")
@@ -708,6 +814,9 @@ def _finish(run: Run) -> None:
     )
     folder = next((f.out.parent for f in run.frames if f.out is not None), None)
     where = f" in {folder}" if folder is not None and done else ""
+    if run.errors:
+        mean = sum(run.errors.values()) / len(run.errors)
+        where += f"; warping error {mean:.2f} (mean over {len(run.errors)} frames, exact flow)"
     if run.cancelled:
         _say(f"render cancelled; {counts}{where}", alert=bool(run.failed))
     elif run.failed:
@@ -810,6 +919,11 @@ def draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         return
     col = layout.column(align=True)
     col.prop(settings, "stylize_renders")
+    if settings.stylize_renders:
+        row = col.row(align=True)
+        row.prop(settings, "stylize_renders_coherence", text="Coherence")
+        if render_passes.wanted(context.scene):
+            row.operator("genart.setup_render_passes", text="", icon="NODE_COMPOSITING")
     if STATE.status:
         row = col.row()
         row.alert = STATE.alert

@@ -144,3 +144,25 @@ def test_a_failed_frame_fails_the_process_with_one_line(env: Any) -> None:
     # A second failure in the same process: an output the model cannot take, said so.
     assert "frame 1 failed: the output format OPEN_EXR is scene-linear" in proc.stdout, log
     assert not (out / "exr" / "genart").exists()
+
+
+def test_coherence_from_the_renders_own_passes(res: dict[str, Any]) -> None:
+    """Exact flow by default: the render writes its passes through the compositor node
+    (Blender's picture unchanged), every frame after the first is carried on from the one
+    before (a warping error), within the render and from disk (a resumed render, an F12
+    frame), and turning the toggle off removes the node."""
+    assert res["off"]["compositor"] == []
+    assert "genart passes" in res["compositor"], res["compositor"]
+    assert res["passes"] == [f.replace(".png", ".exr") for f in FILES]
+    assert res["picture_change"] == {f: 0 for f in FILES}, res["picture_change"]
+    frames = res["frames"]
+    assert {frames[f]["coherence"] for f in FILES} == {"exact_flow"}
+    assert frames[FILES[0]]["warping_error"] is None
+    assert all(frames[f]["warping_error"] >= 0 for f in FILES[1:]), frames
+    assert "warping error" in res["first"]["status"], res["first"]["status"]
+    # Resumed at frame 4: frame 4 is the job's first, built on frame 3 from disk.
+    assert res["resume"]["frames"]["shot_0004.png"]["warping_error"] is not None
+    f12 = res["f12"]
+    assert f12["generated"] == 1 and f12["rewritten"] == ["shot_0003.png"], f12
+    assert f12["frame"]["warping_error"] is not None and f12["frame"]["source"] == "Render Result"
+    assert res["compositor_after_off"] == []

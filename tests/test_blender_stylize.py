@@ -101,3 +101,25 @@ def test_mp4_and_bad_range(res: dict[str, Any]) -> None:
     assert mp4["sent_frames"] == 0  # nothing to regenerate
     bad = res["bad_range"]
     assert bad["result"] == ["CANCELLED"] and "fix frame_end" in bad["error"]
+
+
+def test_a_farm_chunk_warms_up_and_shares_the_shots_depth_mapping(res: dict[str, Any]) -> None:
+    """Frames 4-6 of 1-6 as a chunk: two warm-up frames stylized first and not written,
+    frame 4 carried on from them (a warping error); without warm-up frame 4 starts afresh;
+    after an earlier chunk wrote 1-3, frame 4 carries on from frame 3's file and nothing
+    is warmed up. Every chunk uses the whole shot's near/far (DESIGN §9)."""
+    chunk = res["chunk"]
+    assert chunk["result"] == ["FINISHED"], chunk["error"]
+    assert chunk["files"] == FILES[3:] and chunk["sent_frames"] == 5, chunk
+    assert all(r["error"] is not None for r in chunk["recipes"].values()), chunk["recipes"]
+    mappings = {
+        tuple(r["near_far"])
+        for name in ("chunk", "chunk0", "chunks_b")
+        for r in res[name]["recipes"].values()
+    }
+    assert len(mappings) == 1, mappings  # chunk 1-3's and chunk 4-6's alike
+    cold = res["chunk0"]
+    assert cold["sent_frames"] == 3 and cold["recipes"]["0004.png"]["error"] is None, cold
+    after = res["chunks_b"]
+    assert after["sent_frames"] == 3 and after["rewritten"] == FILES[3:], after
+    assert after["recipes"]["0004.png"]["error"] is not None, after

@@ -34,6 +34,7 @@ from .generate import (
 )
 
 TASK = "sequence"
+WARMUP = 8  # frames a chunk warms up on (bench/temporal.py --chunk measured it)
 # What every frame sends (and hashes); with coherence also the motion vectors and object
 # ids, and each frame's hash then includes its predecessor's (it is built on it).
 PASSES = ("depth", "normal")
@@ -55,6 +56,7 @@ class Frame:
     params: dict[str, Any]
     digest: str = ""
     inputs_hash: str = ""
+    warmup: bool = False  # before the range: stylized to warm the sequence up, never written
 
 
 @dataclass
@@ -78,9 +80,14 @@ class StylizeRun:
     timings: dict[str, float] = field(default_factory=dict)
     coherence: str = "exact_flow"  # or "off"
     errors: dict[int, float] = field(default_factory=dict)  # frame -> its warping error
+    # A chunk of a longer shot (a farm's): frames before the range, captured and stylized
+    # first so that the range starts coherent with them (see `warmup_frames`).
+    warmup: list[int] = field(default_factory=list)
+    scene_range: tuple[int, int] | None = None  # near/far span the whole shot (DESIGN §9)
+    warmed: int = 0
 
     def __post_init__(self) -> None:
-        self.todo = list(self.frames)
+        self.todo = [*self.warmup, *self.frames]
         self._t0 = time.monotonic()
         self.width, self.height = fit_render(self.scene, self.size)
 
@@ -116,7 +123,7 @@ class StylizeRun:
         request = bridge.build_request(scene, TASK, filled)
         self.engine = request.engine
         params = request.submit_params()["params"]
-        self.rendered.append(Frame(frame, cap, params))
+        self.rendered.append(Frame(frame, cap, params, warmup=frame in self.warmup))
         if not self.todo:
             self.timings["render"] = time.monotonic() - self._t0
         return not self.todo
@@ -125,13 +132,31 @@ class StylizeRun:
     def coherent(self) -> bool:
         return self.coherence != "off"
 
+    @property
+    def total(self) -> int:
+        """Frames to capture: the warm-up and the range."""
+        return len(self.warmup) + len(self.frames)
+
+    def near_far(self) -> tuple[float, float]:
+        """One depth mapping for the whole shot: the captured frames' near/far and, for a
+        chunk of the scene's range, the bounds of every other frame of it (no render), so
+        every chunk of a farm uses the same mapping."""
+        near = min(f.capture.near for f in self.rendered)
+        far = max(f.capture.far for f in self.rendered)
+        if self.scene_range is not None:
+            done = {f.frame for f in self.rendered}
+            rest = [n for n in range(self.scene_range[0], self.scene_range[1] + 1) if n not in done]
+            span = capture.range_near_far(self.scene, rest, self.width, self.height)
+            if span is not None:
+                near, far = min(near, span[0]), max(far, span[1])
+        return near, far
+
     # -- 2. submit what is not on disk yet ------------------------------------------------
     def submit(self) -> J.Job | None:
         """Sequence-wide near/far, recipe hashes, then one sequence job for the frames
         whose file is missing or stale; None when every frame is up to date."""
         session = runtime.session()
-        near = min(f.capture.near for f in self.rendered)
-        far = max(f.capture.far for f in self.rendered)
+        near, far = self.near_far()
         version = runtime.session().engine_version(self.engine)
         # Chained only when the engine takes the coherence parameter (the bridge drops it
         # otherwise); every frame's params have the same keys.
@@ -144,15 +169,27 @@ class StylizeRun:
             model_sha = runtime.session().model_sha(str(f.params.get("model", "")), self.engine)
             hashed = {**f.params, "previous_frame": before} if chained else f.params
             f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, hashed)
+            on_disk = stylize.existing_hash(stylize.frame_path(self.folder, f.frame))
+            if f.warmup and on_disk is not None:  # stylized already (an earlier chunk):
+                f.digest = on_disk  # the range carries on from that file, not a warm-up
             before = f.digest
+        ranged = [f for f in self.rendered if not f.warmup]
         needed = [
             f
-            for f in self.rendered
+            for f in ranged
             if stylize.existing_hash(stylize.frame_path(self.folder, f.frame)) != f.digest
         ]
-        self.skipped = len(self.rendered) - len(needed)
+        self.skipped = len(ranged) - len(needed)
         if not needed:
             return None
+        if chained and needed[0] is ranged[0] and self.warmup:
+            # The range's first frame is built on frame start−1: from its file on disk when
+            # an earlier chunk wrote it, else on the warm-up frames stylized first.
+            last_warm = self.rendered[len(self.rendered) - len(ranged) - 1]
+            if not stylize.frame_path(self.folder, last_warm.frame).is_file():
+                warm = [f for f in self.rendered if f.warmup]
+                needed = warm + needed
+                self.warmed = len(warm)
         base = dict(needed[0].params)
         self.job = session.jobs.submit_sequence(
             self.engine, base, task=TASK, frames=len(needed), label=f"Stylize {self.name}"
@@ -193,11 +230,13 @@ class StylizeRun:
             return
         for i, reply in job.take_frames().items():
             f = self.index[i]
+            if f.warmup:
+                continue
             holder = J.Job(job.label, job.engine, TASK, f.params, result=reply)
             recipe = recipe_for(context, _ACTION, holder, options)
             recipe.update(frame=f.frame, near=f.params["near"], far=f.params["far"])
             recipe["inputs_sha256"] = f.inputs_hash
-            flicker = _scalar(reply, "warping_error")
+            flicker = scalar_output(reply, "warping_error")
             if flicker is not None:
                 self.errors[f.frame] = flicker
                 recipe["warping_error"] = round(flicker, 3)
@@ -205,7 +244,8 @@ class StylizeRun:
             stylize.write_frame(path, result_pixels(holder), recipe, f.digest)
             self.written.append(path)
         for i, error in job.frame_errors.items():
-            self.failed[self.index[i].frame] = error
+            if not self.index[i].warmup:
+                self.failed[self.index[i].frame] = error
 
     # -- 4. the timeline ---------------------------------------------------------------
     def finish(self, mp4: bool) -> tuple[Any, Path | None]:
@@ -228,7 +268,7 @@ class StylizeRun:
         return strip, movie
 
 
-def _scalar(reply: Any, name: str) -> float | None:
+def scalar_output(reply: Any, name: str) -> float | None:
     """A one-number float32 output of a frame's result, if it came."""
     import numpy as np
 
@@ -318,6 +358,15 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
     coherence: bpy.props.EnumProperty(  # type: ignore[valid-type]
         name="Coherence", items=COHERENCE_ITEMS, default="EXACT_FLOW"
     )
+    warmup: bpy.props.IntProperty(  # type: ignore[valid-type]
+        name="Warm-up",
+        default=WARMUP,
+        min=0,
+        max=64,
+        description="A chunk of the shot (a farm's): stylize this many frames before Start "
+        "first, not written, so the chunk carries on coherently (or from frame Start-1's "
+        "stylized file when it is already there)",
+    )
 
     def _start(self, context: bpy.types.Context) -> StylizeRun:
         scene = _scene(context)
@@ -335,6 +384,10 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
         folder.mkdir(parents=True, exist_ok=True)
         from .generate import scene_output_dir
 
+        coherence = self.coherence.lower()
+        first = max(scene.frame_start, start - self.warmup)
+        if stylize.frame_path(folder, start - 1).is_file():
+            first = max(first, start - 1)  # carried on from that file: its passes suffice
         run = StylizeRun(
             scene,
             name,
@@ -342,7 +395,9 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             list(range(start, end + 1)),
             self.size,
             scene_output_dir(context, "stylize"),
-            coherence=self.coherence.lower(),
+            coherence=coherence,
+            warmup=list(range(first, start)) if coherence != "off" else [],
+            scene_range=(scene.frame_start, scene.frame_end),
         )
         client = runtime.session().client
         if client is not None:  # free the GPU for Blender's renders (best effort)
@@ -364,7 +419,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
                 done = run.render_next()
                 print(
                     f"genart: stylize: rendered frame {run.rendered[-1].frame} "
-                    f"({len(run.rendered)}/{len(run.frames)})",
+                    f"({len(run.rendered)}/{run.total})",
                     flush=True,
                 )
             scene.frame_set(frame0)
@@ -405,6 +460,7 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
             f"{run.skipped} up to date), strip '{strip.name}' in channel {strip.channel}"
             + f" of scene '{strip.id_data.name}'"
             + (f", {movie.name}" if movie else "")
+            + (f", warmed up on {run.warmed} frames before" if run.warmed else "")
             + (f"; {quality}" if quality else ""),
         )
 
@@ -444,9 +500,9 @@ class GENART_OT_stylize_animation(GenerateOperator, bpy.types.Operator):
         try:
             if self._job is None:
                 done = run.render_next()
-                wm.progress_update(int(40 * len(run.rendered) / len(run.frames)))
+                wm.progress_update(int(40 * len(run.rendered) / run.total))
                 _workspace(context).status_text_set(
-                    f"genart: rendering frame {len(run.rendered)}/{len(run.frames)} (Esc cancels)"
+                    f"genart: rendering frame {len(run.rendered)}/{run.total} (Esc cancels)"
                 )
                 if not done:
                     return {"RUNNING_MODAL"}
@@ -487,4 +543,4 @@ def _scene(context: bpy.types.Context) -> bpy.types.Scene:
     return scene
 
 
-__all__ = ["GENART_OT_stylize_animation", "StylizeRun", "encode_mp4"]
+__all__ = ["GENART_OT_stylize_animation", "StylizeRun", "encode_mp4", "scalar_output"]

@@ -117,7 +117,14 @@ def recipe(path: Path) -> dict:
         "size": [r["params"]["width"], r["params"]["height"]],
         "action": r["action"],
         "source": r.get("source"),
+        "coherence": r["params"].get("coherence"),
+        "warping_error": r.get("warping_error"),
     }
+
+
+def compositor() -> list:
+    tree = addon.compat.compositor(sc)
+    return sorted(n.name for n in tree.nodes) if tree is not None else []
 
 
 # 1. The toggle off: Blender renders, nothing is sent.
@@ -125,6 +132,8 @@ g.stylize_renders = False
 results["off"] = render(animation=True)
 results["off"]["blender"] = sorted(p.name for p in render_dir.glob("*.png"))
 results["off"]["folder"] = folder.exists()
+off_pixels = {p.name: addon.render_hook.read_pixels(p)[0] for p in render_dir.glob("*.png")}
+results["off"]["compositor"] = compositor()
 
 # 2. On: the animation, stylized beside Blender's frames, the strip in "<scene> genart".
 g.stylize_renders = True
@@ -139,6 +148,12 @@ results["blender"] = {
     for p in sorted(render_dir.glob("*.png"))
 }
 results["frames"] = {p.name: recipe(p) for p in sorted(folder.glob("*.png"))}
+results["picture_change"] = {
+    p.name: int(abs(addon.render_hook.read_pixels(p)[0].astype(int) - off_pixels[p.name]).max())
+    for p in sorted(render_dir.glob("*.png"))
+}
+results["passes"] = sorted(p.name for p in (folder / "passes").glob("*.exr"))
+results["compositor"] = compositor()
 results["strips"] = strips(sc.name + " genart")
 results["scene_strips"] = strips(sc.name)
 
@@ -150,6 +165,14 @@ results["again"]["strips"] = strips(sc.name + " genart")
 for name in ("shot_0004.png", "shot_0005.png", "shot_0006.png"):
     (folder / name).unlink()
 results["resume"] = render(animation=True)
+results["resume"]["frames"] = {p.name: recipe(p) for p in sorted(folder.glob("*.png"))}
+
+# 4b. F12 frame by frame: frame 3 alone (its stylized file gone) carries on from frame 2's
+# stylized file and passes on disk.
+(folder / "shot_0003.png").unlink()
+sc.frame_set(3)
+results["f12"] = render()
+results["f12"]["frame"] = recipe(folder / "shot_0003.png")
 
 # 5. A still written by Blender (write_still) at frame 2, as a JPEG.
 sc.frame_set(2)
@@ -180,6 +203,10 @@ results["capture"] = {
     "jobs": len(session.jobs.jobs) - n_jobs,
     "folder": (out / "cap" / "genart").exists(),
 }
+
+# 8. Stylize renders off: the passes node (and the compositor made for it) is gone.
+g.stylize_renders = False
+results["compositor_after_off"] = compositor()
 
 (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 print("GENART-RENDER-HOOK-OK")

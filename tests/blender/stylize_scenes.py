@@ -36,11 +36,12 @@ sc.timeline_markers.new("prompt: marker prompt", frame=5)
 folder = out / "genart" / "anim"
 
 
-def run(**kw) -> dict:
+def run(name: str = "anim", **kw) -> dict:
+    folder = out / "genart" / name
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} if folder.exists() else {}
     n_jobs = len(session.jobs.jobs)
     try:
-        res = sorted(bpy.ops.genart.stylize_animation(name="anim", size=64, **kw))
+        res = sorted(bpy.ops.genart.stylize_animation(name=name, size=64, **kw))
         err = ""
     except RuntimeError as exc:
         res, err = ["CANCELLED"], str(exc)
@@ -109,5 +110,30 @@ results["mp4"] = run(mp4=True, coherence="OFF")  # the frames of the last run
 results["mp4"]["file"] = [p.name for p in folder.glob("*.mp4")]
 results["mp4"]["size"] = sum(p.stat().st_size for p in folder.glob("*.mp4"))
 results["bad_range"] = run(frame_start=5, frame_end=2)
+
+
+def recipes(name: str) -> dict:
+    found = {}
+    for p in sorted((out / "genart" / name).glob("*.png")):
+        r = json.loads(pngio.read_text(p)["genart"])
+        found[p.name] = {"error": r.get("warping_error"), "near_far": [r["near"], r["far"]]}
+    return found
+
+
+# A farm's chunks of the same shot (frames 4-6 of 1-6): warmed up on frames 2-3 (stylized,
+# not written); without warm-up; after an earlier chunk wrote frames 1-3 (carried on from
+# frame 3's file, nothing warmed up).
+# The camera dollies back over the shot, so each chunk alone would see another depth range.
+cam = sc.camera
+cam.keyframe_insert("location", frame=1)
+cam.location.y -= 6.0
+cam.keyframe_insert("location", frame=6)
+results["chunk"] = run("chunk", frame_start=4, frame_end=6, warmup=2)
+results["chunk"]["recipes"] = recipes("chunk")
+results["chunk0"] = run("chunk0", frame_start=4, frame_end=6, warmup=0)
+results["chunk0"]["recipes"] = recipes("chunk0")
+results["chunks_a"] = run("chunks", frame_start=1, frame_end=3)
+results["chunks_b"] = run("chunks", frame_start=4, frame_end=6, warmup=2)
+results["chunks_b"]["recipes"] = recipes("chunks")
 (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 print("GENART-STYLIZE-OK")
