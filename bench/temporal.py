@@ -12,10 +12,18 @@ configuration and shot:
 - fresh: the share of disoccluded pixels whose content is new rather than warped history.
 
 Target (issue 9), for one configuration: error ≤ 1/3 of naive's, fidelity ≥ naive's,
-stylization ≥ 0.8 × naive's. Usage:
+stylization ≥ 0.8 × naive's.
+
+`--chunk K` measures a farm's chunk boundary instead: the shot stylized whole (with
+`--chunk-config`), and again as a chunk that starts at frame K after W warm-up frames
+(each W of `--warmups`, the chunk run on its own). One line per W: the seam's warping
+error (the whole run's frame K−1 against the chunk's frame K, as two chunks of a farm
+meet) against the whole run's own error at K and naive's, and how far the chunk's frame
+K is from the whole run's (mean |difference|, 0-255). Usage:
 
     .venv/bin/python bench/temporal.py [--frames 16] [--size 128x96] [--steps 20]
         [--strength 0.6] [--prompt "red brick wall"] [--json OUT]
+        [--chunk 8 --warmups 0,2,4,8 --chunk-config "noise + post 0.8"]
 """
 
 from __future__ import annotations
@@ -146,6 +154,47 @@ def measure(frames: list[np.ndarray], renders: list[np.ndarray], passes: list[An
     }
 
 
+def pair_error(a: np.ndarray, b: np.ndarray, passes: list[Any], t: int) -> float:
+    """The warping error between frame t−1 `a` and frame t `b`."""
+    p0, p1 = passes[t - 1], passes[t]
+    return warping_error(
+        [a, b],
+        [p0.vector, p1.vector],
+        ids=[p0.object_index, p1.object_index],
+        depths=[p0.depth, p1.depth],
+    ).mean
+
+
+def chunk_seams(
+    c: Client,
+    frames: list[dict[str, Any]],
+    passes: list[Any],
+    base: dict[str, Any],
+    config: str,
+    k: int,
+    warmups: list[int],
+) -> dict[str, Any]:
+    """Chunk boundary at frame k after each warm-up (see the module docstring)."""
+    naive = stylize(c, frames[: k + 1], {**base, **CONFIGS["naive"]})
+    whole = stylize(c, frames[: k + 1], {**base, **CONFIGS[config]})
+    rows: dict[str, Any] = {
+        "naive": pair_error(naive[k - 1], naive[k], passes, k),
+        "in_sequence": pair_error(whole[k - 1], whole[k], passes, k),
+    }
+    print(f"  frame {k}: naive {rows['naive']:.2f}, in sequence ({config}) "
+          f"{rows['in_sequence']:.2f}", flush=True)  # fmt: skip
+    for w in warmups:
+        start = max(0, k - w)
+        chunk = stylize(c, frames[start : k + 1], {**base, **CONFIGS[config]})
+        seam = pair_error(whole[k - 1], chunk[-1], passes, k)
+        drift = float(np.abs(chunk[-1].astype(float) - whole[k].astype(float)).mean())
+        rows[f"warmup {w}"] = {"seam": seam, "drift": drift}
+        print(f"  warm-up {w:2}: seam error {seam:5.2f} (×{seam / rows['in_sequence']:.2f} "
+              f"in sequence, ×{seam / rows['naive']:.2f} naive)  drift {drift:.2f}",
+              flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=16)
@@ -158,6 +207,9 @@ def main() -> int:
     ap.add_argument(
         "--no-depth", action="store_true", help="send no near/far: img2img without depth control"
     )
+    ap.add_argument("--chunk", type=int, default=0, help="measure a chunk boundary at frame K")
+    ap.add_argument("--warmups", default="0,2,4,8,12")
+    ap.add_argument("--chunk-config", default="noise + post 0.8")
     a = ap.parse_args()
     from PIL import Image
 
@@ -180,7 +232,7 @@ def main() -> int:
                                           depths=[p.depth for p in passes]).mean  # fmt: skip
                     print(f"\n{shot}: renders' own warping error {floor:.2f}")
                     rows: dict[str, Any] = {"renders_warping_error": floor}
-                    for name in names:
+                    for name in names if not a.chunk else ["chunk"]:
                         base = {"prompt": a.prompt, "steps": a.steps, "strength": a.strength,
                                 "width": size[0], "height": size[1], "seed": 1,
                                 # sequence-wide, as the add-on's Stylize sends them: the
@@ -188,6 +240,12 @@ def main() -> int:
                                 "near": 0.0 if a.no_depth else min(f["near"] for f in frames),
                                 "far": 0.0 if a.no_depth else max(f["far"] for f in frames),
                                 }  # fmt: skip
+                        if a.chunk:
+                            warm = [int(w) for w in a.warmups.split(",")]
+                            rows["chunk"] = chunk_seams(
+                                c, frames, passes, base, a.chunk_config, a.chunk, warm
+                            )
+                            continue
                         t0 = time.monotonic()
                         m = measure(stylize(c, frames, {**base, **CONFIGS[name]}), renders, passes)
                         m["seconds"] = time.monotonic() - t0

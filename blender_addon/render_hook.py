@@ -51,6 +51,16 @@ still writes no file: the main thread, after the job has ended, saves the Render
 an 8-bit PNG (`Image.save_render`, the scene's view transform applied like the written
 frames; the output format is switched for that and restored) and sends that.
 
+**Coherence** (`scene.genart.stylize_renders_coherence`, Exact flow by default): the
+render writes each frame's passes through the compositor node `render_passes` adds; the
+handler moves them beside the stylized frame (`genart/passes/<name>.exr`) and sends them
+with the frame. Within one render the sequence job carries each frame on from the one
+before; a frame whose job-previous is not frame n−1 (F12 on the next frame, a render that
+resumes after up-to-date frames, a farm chunk) also sends frame n−1's stylized file and
+passes from disk. A frame's recipe hash chains frame n−1's. Without usable passes (no
+node, motion blur on, Workbench, a frame step above 1) the frame is stylized on its own,
+and the log and its recipe say why.
+
 **Failures** are never skipped silently: each failed frame is printed with its reason and
 shown in the genart panel; in background mode a render with a failed frame makes the process
 exit with status 1 (an `atexit` hook prints the one-line reason, stops the session and calls

@@ -104,8 +104,9 @@ def ensure(scene: bpy.types.Scene) -> str:
     directory, stem = _base(scene)
     compat.set_file_output(node, directory, stem, tuple(INPUTS))
     for name in INPUTS:
-        if name in rl.outputs and name in node.inputs:
-            tree.links.new(rl.outputs[name], node.inputs[name])
+        source = rl.outputs.get(name) or rl.outputs.get(capture.PASS_ALIASES.get(name, name))
+        if source is not None and name in node.inputs:  # 4.5 calls Object Index "IndexOB"
+            tree.links.new(source, node.inputs[name])
     where = bpy.path.abspath(directory) if bpy.data.filepath or "//" not in directory else directory
     if made:
         return f"made a compositor that writes the genart passes to {where}"

@@ -66,6 +66,34 @@ for name in ("GENART_SIDECAR", "GENART_CONNECTION_FILE"):
     os.environ.pop(name, None)
 """
 
+# Stylize renders' passes on 4.5 (scene.node_tree, File Output's layer_slots, "IndexOB"):
+# the toggle adds and removes the node; the render writes every pass the engine reads.
+PASSES_45 = """
+sc = bpy.context.scene
+rp = importlib.import_module(MOD + ".render_passes")
+sc.genart.stylize_renders = True
+assert rp.NODE in [n.name for n in sc.node_tree.nodes], "no passes node"
+sc.genart.stylize_renders = False
+assert not sc.use_nodes, "the compositor made for the passes stayed"
+sc.render.engine = "CYCLES"
+sc.cycles.samples = 1
+sc.render.resolution_x, sc.render.resolution_y, sc.render.resolution_percentage = 32, 24, 100
+sc.frame_start, sc.frame_end = 1, 2
+sc.render.filepath = os.path.join(OUT, "hook", "shot_")
+sc.render.image_settings.file_format = "PNG"
+rp.ensure(sc)
+bpy.ops.render.render(animation=True)
+path = rp.passes_path(sc, 2)
+oiio = addon.compat.openimageio()
+inp = oiio.ImageInput.open(str(path))
+channels = sorted(inp.spec().channelnames)
+inp.close()
+print("PASSES-45", channels)
+for c in ("Depth.V", "Object Index.V", "Vector.X", "Vector.W", "Normal.Z"):
+    assert c in channels, (c, channels)
+assert rp.remove(sc) and not sc.use_nodes
+"""
+
 FINISH = """
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert not heavy and not refused, (heavy, refused)
@@ -95,7 +123,7 @@ def test_register_check_and_capture_in_blender_45(addon_zip: Path, tmp_path: Pat
         f"STALE = {str(stale_connection_file(tmp_path))!r}\n"
         f"NO_SUCH_COMMAND = {str(tmp_path / 'no-such-dir' / 'genart-sidecar')!r}\n"
         f"CHECK_SECONDS = {CHECK_SECONDS!r}\n"
-        f"OUT = {str(tmp_path / 'capture')!r}\n" + INSTALL + CHECK_45 + CAPTURE + FINISH
+        f"OUT = {str(tmp_path / 'capture')!r}\n" + INSTALL + CHECK_45 + CAPTURE + PASSES_45 + FINISH
     )
     out = run_in_blender(tmp_path, addon_zip, body, timeout=240, python=PYTHON45)
     log = out.stdout[-4000:] + out.stderr[-4000:]
