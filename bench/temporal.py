@@ -9,7 +9,9 @@ configuration and shot:
 - fidelity: mean edge correlation of each stylized frame with its render, against naive's
   (and "layout": the same on 4×4 block means, the render's shapes rather than texture);
 - stylization: mean |stylized − render|, against naive's;
-- fresh: the share of disoccluded pixels whose content is new rather than warped history.
+- fresh: of the disoccluded pixels where the render itself changed, the share whose
+  stylized content changed with it rather than keeping warped history
+  (`flow.fresh_share` with the renders).
 
 Target (issue 9), for one configuration: error ≤ 1/3 of naive's, fidelity ≥ naive's,
 stylization ≥ 0.8 × naive's.
@@ -52,26 +54,35 @@ CONFIGS: dict[str, dict[str, Any]] = {  # every switch explicit: defaults may ch
     **{
         name: {
             "coherence": "exact_flow",
+            "coherence_guided": guided,
             "coherence_init": init,
             "coherence_noise": noise,
             "coherence_post": post,
             "coherence_post_radius": radius,
             "coherence_attention": attention,
         }  # fmt: skip
-        for name, init, noise, post, radius, attention in (
-            ("post 0.5", 0.0, False, 0.5, 0, False),
-            ("post 0.8", 0.0, False, 0.8, 0, False),
-            ("init 0.5", 0.5, False, 0.0, 0, False),
-            ("noise", 0.0, True, 0.0, 0, False),
-            ("attention", 0.0, False, 0.0, 0, True),
-            ("noise + attention", 0.0, True, 0.0, 0, True),
-            ("noise + post 0.8", 0.0, True, 0.8, 0, False),
-            ("noise + post 0.9", 0.0, True, 0.9, 0, False),
-            ("noise + post 0.9 coarse 2", 0.0, True, 0.9, 2, False),
-            ("noise + post 0.95 coarse 2", 0.0, True, 0.95, 2, False),
-            ("noise + post 0.9 coarse 4", 0.0, True, 0.9, 4, False),
-            ("noise + attention + post 0.8", 0.0, True, 0.8, 0, True),
-            ("init 0.5 + noise + post 0.8", 0.5, True, 0.8, 0, False),
+        for name, init, noise, post, radius, attention, guided in (
+            ("post 0.5", 0.0, False, 0.5, 0, False, 0.0),
+            ("post 0.8", 0.0, False, 0.8, 0, False, 0.0),
+            ("init 0.5", 0.5, False, 0.0, 0, False, 0.0),
+            ("noise", 0.0, True, 0.0, 0, False, 0.0),
+            ("attention", 0.0, False, 0.0, 0, True, 0.0),
+            ("noise + attention", 0.0, True, 0.0, 0, True, 0.0),
+            ("noise + post 0.8", 0.0, True, 0.8, 0, False, 0.0),
+            ("noise + post 0.9", 0.0, True, 0.9, 0, False, 0.0),
+            ("noise + post 0.9 guided 8", 0.0, True, 0.9, 0, False, 8.0),
+            ("noise + post 0.9 guided 16", 0.0, True, 0.9, 0, False, 16.0),
+            ("noise + post 0.95 guided 8", 0.0, True, 0.95, 0, False, 8.0),
+            ("noise + post 0.8 guided 8", 0.0, True, 0.8, 0, False, 8.0),
+            ("noise + post 0.9 guided 24", 0.0, True, 0.9, 0, False, 24.0),
+            ("noise + post 0.9 guided 32", 0.0, True, 0.9, 0, False, 32.0),
+            ("noise + post 0.95 guided 16", 0.0, True, 0.95, 0, False, 16.0),
+            ("noise + post 0.95 guided 24", 0.0, True, 0.95, 0, False, 24.0),
+            ("noise + post 0.9 coarse 2", 0.0, True, 0.9, 2, False, 0.0),
+            ("noise + post 0.95 coarse 2", 0.0, True, 0.95, 2, False, 0.0),
+            ("noise + post 0.9 coarse 4", 0.0, True, 0.9, 4, False, 0.0),
+            ("noise + attention + post 0.8", 0.0, True, 0.8, 0, True, 0.0),
+            ("init 0.5 + noise + post 0.8", 0.5, True, 0.8, 0, False, 0.0),
         )
     },
 }
@@ -138,6 +149,7 @@ def measure(frames: list[np.ndarray], renders: list[np.ndarray], passes: list[An
             vec[t - 1],
             ids=(ids[t - 1], ids[t]),
             depths=(dep[t - 1], dep[t]),
+            renders=(renders[t - 1], renders[t]),
         )  # fmt: skip
         for t in range(1, len(frames))
     ]

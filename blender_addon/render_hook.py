@@ -140,7 +140,7 @@ class Frame:
     # Coherence (render_passes): this frame's passes as the render wrote them, frame n−1's
     # stylized file and passes on disk, or why the frame goes without coherence.
     passes: Path | None = None
-    previous: tuple[Path, Path] | None = None
+    previous: tuple[Path, Path, Path] | None = None  # stylized, passes, Blender's render
     note: str = ""
 
 
@@ -440,7 +440,8 @@ def _coherence_inputs(scene: bpy.types.Scene, item: Frame, t0: float) -> None:
         before = stylized_path(scene, n - 1)
     except OSError:
         return
-    item.previous = (before, render_passes.beside(before))
+    rendered = Path(os.path.abspath(scene.render.frame_path(frame=n - 1)))
+    item.previous = (before, render_passes.beside(before), rendered)
 
 
 def _render_end(scene: bpy.types.Scene, cancelled: bool) -> None:
@@ -694,14 +695,18 @@ def _previous_inputs(run: Run, item: Frame) -> dict[str, Attachment]:
         return {}
     if item.previous is None:
         return {}
-    image, passes = item.previous
+    image, passes, render = item.previous
     if not image.is_file() or not passes.is_file():
         _say(f"frame {n}: no stylized frame {n - 1} on disk; coherence starts afresh here")
         return {}
-    return {
+    found = {
         "previous_image": Attachment.blob("previous_image", image.read_bytes(), "png"),
         "previous_passes": Attachment.blob("previous_passes", passes.read_bytes(), "exr"),
     }
+    kind = render.suffix.lower().lstrip(".")
+    if render.is_file() and kind in ("png", "jpg", "jpeg", "tif", "tiff", "webp"):
+        found["previous_render"] = Attachment.blob("previous_render", render.read_bytes(), kind)
+    return found
 
 
 def _request(item: Frame) -> tuple[str, dict[str, Any]]:

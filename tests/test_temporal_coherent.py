@@ -66,6 +66,28 @@ def test_post_blend_mixes_only_valid_pixels() -> None:
     assert (out[step.valid] == 100).all() and (out[~step.valid] == 200).all()
 
 
+def test_a_guided_post_blend_skips_what_the_render_itself_changed() -> None:
+    """guided > 0: where the render changed beyond the moving square's own motion (a
+    highlight appearing on it), the output is the frame's own; where the render only
+    moved, the history is blended as before."""
+    s = scene(2, (4, 0))
+    f = frames_of(s)
+    render = s["frames"][1].copy()
+    lit = (s["ids"][1] == 2) & (np.indices(s["ids"][1].shape)[1] % 8 < 4)
+    render[lit] = ((render[lit].astype(int) + 128) % 256).astype(np.uint8)  # a change of 128
+    history = np.zeros_like(s["frames"][0])
+    cfg = Coherence(post_blend=0.5, guided=16.0)
+    prev = Previous(history, f[0], render=s["frames"][0])
+    step = prepare(cfg, render, f[1], prev)
+    out = finish(cfg, np.full_like(render, 200), step)
+    assert step.valid is not None and step.weight is not None
+    moved_only = step.valid & ~lit & (s["ids"][1] == 2)
+    assert (out[step.valid & lit] >= 199).all()  # the render changed: the frame's own
+    assert (out[moved_only] <= 101).all()  # it only moved: blended as before
+    unguided = prepare(Coherence(post_blend=0.5), render, f[1], prev)
+    assert unguided.weight is None
+
+
 def test_a_coarse_post_blend_keeps_the_frames_own_fine_detail() -> None:
     """post_radius > 0 blends only the local mean of the difference: a fine checker in the
     output survives a blend of 1.0 with a flat history, moved to the history's level."""
@@ -123,9 +145,16 @@ def test_previous_inputs_win_over_the_jobs_previous_frame(tmp_path: Path) -> Non
 
     job_image, job_passes = frame_files("job", 10)
     disk_image, disk_passes = frame_files("disk", 200)
+    job_render, _ = frame_files("job-render", 30)
+    Image.fromarray(np.full((6, 8), 77, np.uint8)).save(tmp_path / "grey.png")  # a BW render
+    disk_render = Input("previous_render", "blob", tmp_path / "grey.png", encoding="png")
     ctx = RunContext("j", 5, 9, 0)
-    ctx.previous = PreviousFrame({"passes": job_passes}, {"image": job_image})
+    ctx.previous = PreviousFrame({"passes": job_passes, "image": job_render}, {"image": job_image})
     given = {"previous_image": disk_image, "previous_passes": disk_passes}
-    assert int(coherence.previous(ctx, (8, 6), given).stylized.mean()) == 200
-    assert int(coherence.previous(ctx, (8, 6)).stylized.mean()) == 10
+    from_disk = coherence.previous(ctx, (8, 6), given)
+    assert int(from_disk.stylized.mean()) == 200 and from_disk.render is None
+    with_render = coherence.previous(ctx, (8, 6), {**given, "previous_render": disk_render})
+    assert with_render.render.shape == (6, 8, 3) and int(with_render.render.mean()) == 77
+    from_job = coherence.previous(ctx, (8, 6))
+    assert int(from_job.stylized.mean()) == 10 and int(from_job.render.mean()) == 30
     assert coherence.previous(RunContext("j", 0, 9, 0), (8, 6)) is None

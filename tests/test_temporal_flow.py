@@ -161,3 +161,13 @@ def test_fresh_share_tells_new_content_from_smeared_history() -> None:
     static = scene(2, (0, 0))
     assert fresh_share(static["frames"][1], static["frames"][0], static["vectors"][1],
                        static["vectors"][0]) is None  # fmt: skip
+    # Against the renders' own change: a half-contrast "style" of the true frames is fresh,
+    # the smeared history is not, whatever the style's contrast.
+    renders = (s["frames"][0], s["frames"][1])
+    styled = [(f.astype(np.float32) * 0.5 + 60).astype(np.uint8) for f in s["frames"]]
+    smeared_styled = warp(styled[0], backward_flow(vec[1])).astype(np.uint8)
+    kw = {"ids": ids, "renders": renders}
+    assert fresh_share(styled[1], styled[0], vec[1], vec[0], **kw) > 0.9
+    assert fresh_share(smeared_styled, styled[0], vec[1], vec[0], **kw) < 0.05
+    assert fresh_share(static["frames"][1], static["frames"][0], static["vectors"][1],
+                       static["vectors"][0], renders=renders) is None  # fmt: skip

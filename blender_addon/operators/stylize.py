@@ -211,8 +211,8 @@ class StylizeRun:
         return self.job
 
     def _previous_inputs(self, before: Frame) -> dict[str, Attachment]:
-        """The stylized frame before a re-run's first (or a gap) and its passes, so
-        coherence carries on from what is on disk."""
+        """The stylized frame before a re-run's first (or a gap), its passes and its
+        render, so coherence carries on from what is on disk."""
         path = stylize.frame_path(self.folder, before.frame)
         if not path.is_file() or before.capture.passes_path is None:
             return {}
@@ -220,6 +220,9 @@ class StylizeRun:
             "previous_image": Attachment.blob("previous_image", path.read_bytes(), "png"),
             "previous_passes": Attachment.blob(
                 "previous_passes", before.capture.passes_path.read_bytes(), "exr"
+            ),
+            "previous_render": Attachment.blob(
+                "previous_render", before.capture.color_path.read_bytes(), "png"
             ),
         }
 

@@ -37,6 +37,10 @@ class Coherence:
     # > 0: post blend only what is coarser than this radius (px): the frame keeps its own
     # fine detail (the render's edges), the warped history evens out the rest
     post_radius: int = 0
+    # > 0: post blend less where the render itself changed (its shading moved over the
+    # surface): the weight is exp(-(change / guided)²), the change being |render_t −
+    # render_{t−1} warped to t| (0-255); 0 blends the same everywhere
+    guided: float = 0.0
 
     @property
     def active(self) -> bool:
@@ -57,6 +61,7 @@ class Previous:
     stylized: np.ndarray  # (h, w, 3) uint8, the previous output
     frame: Frame
     noise: np.ndarray | None = None  # (C, h/f, w/f) float32, the previous initial noise
+    render: np.ndarray | None = None  # (h', w', 3) uint8, the previous frame's render
 
 
 def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -97,6 +102,7 @@ class Step:
     init: np.ndarray  # (h, w, 3) uint8: the image-to-image init
     noise: np.ndarray | None  # (C, lh, lw) float32 or None (let the pipeline draw it)
     valid_share: float
+    weight: np.ndarray | None = None  # (h, w) float32: the post blend's share per pixel
 
 
 def prepare(
@@ -142,7 +148,16 @@ def prepare(
         moved = nearest(np.moveaxis(previous.noise, 0, -1), xs + b_lat[..., 0], ys + b_lat[..., 1])
         keep = resize_mask(v.valid, lh, lw, all_of=True)
         noise = np.where(keep[None], np.moveaxis(moved, -1, 0), noise).astype(np.float32)
-    return Step(warped, valid, init, noise, float(valid.mean()))
+    weight = None
+    if cfg.guided > 0 and previous.render is not None:
+        before = previous.render[..., :3]
+        if before.shape[:2] != (h, w):
+            from PIL import Image
+
+            before = np.asarray(Image.fromarray(before).resize((w, h), Image.Resampling.BILINEAR))
+        change = np.abs(render[..., :3].astype(np.float32) - warp(before, b_out)).mean(axis=2)
+        weight = np.exp(-((change / cfg.guided) ** 2)).astype(np.float32)
+    return Step(warped, valid, init, noise, float(valid.mean()), weight)
 
 
 def finish(cfg: Coherence, output: np.ndarray, step: Step) -> np.ndarray:
@@ -156,7 +171,8 @@ def finish(cfg: Coherence, output: np.ndarray, step: Step) -> np.ndarray:
         delta = box_mean(delta * w, cfg.post_radius) / np.maximum(
             box_mean(w, cfg.post_radius), 1e-6
         )
-    out = np.where(step.valid[..., None], now + cfg.post_blend * delta, now)
+    share = cfg.post_blend if step.weight is None else cfg.post_blend * step.weight[..., None]
+    out = np.where(step.valid[..., None], now + share * delta, now)
     return out.round().clip(0, 255).astype(np.uint8)
 
 

@@ -215,15 +215,29 @@ def fresh_share(
     *,
     ids: tuple[np.ndarray, np.ndarray] | None = None,
     depths: tuple[np.ndarray, np.ndarray] | None = None,
+    renders: tuple[np.ndarray, np.ndarray] | None = None,
     threshold: float = 8.0,
 ) -> float | None:
     """Of the pixels frame t cannot take from t−1 (`validity` says invalid), the share
-    whose output differs from the previous output warped to t by more than `threshold`
-    (0-255, mean over channels): new content rather than smeared history. None when no
-    pixel is invalid."""
+    whose output is new content rather than smeared history. None when no pixel counts.
+
+    With `renders` (frame t−1's and t's render): judged against the render's own change
+    there, so the measure does not depend on how much a model flickers. Of the invalid
+    pixels where the render changed by more than `threshold` (0-255, mean over channels,
+    against frame t−1's render warped to t), the share where the output changed at least
+    half as much, scaled by the output's contrast relative to the render's (a low-contrast
+    style changes less). Without: the share whose output differs from the previous output
+    warped to t by more than `threshold`."""
     b, v = between(previous_vector, vector, ids=ids or (None, None), depths=depths or (None, None))
     invalid = ~v.valid
-    if not invalid.any():
-        return None
     diff = np.abs(output[..., :3].astype(np.float32) - warp(previous_output[..., :3], b))
-    return float((diff.mean(axis=2)[invalid] > threshold).mean())
+    change = diff.mean(axis=2)
+    if renders is None:
+        return float((change[invalid] > threshold).mean()) if invalid.any() else None
+    render_prev, render = (r[..., :3].astype(np.float32) for r in renders)
+    moved = np.abs(render - warp(render_prev, b)).mean(axis=2)
+    counted = invalid & (moved > threshold)
+    if not counted.any():
+        return None
+    contrast = min(1.0, float(output[..., :3].std()) / max(float(render.std()), 1e-6))
+    return float((change[counted] >= 0.5 * contrast * moved[counted]).mean())
