@@ -129,7 +129,12 @@ def srgb(p: Any) -> np.ndarray:
 
 
 def stylize(
-    sc: SidecarProcess, model: Path, frames: dict[int, Any], engine: str = "sd", **params: Any
+    sc: SidecarProcess,
+    model: Path,
+    frames: dict[int, Any],
+    engine: str = "sd",
+    outputs: list | None = None,
+    **params: Any,
 ) -> list:
     base = {"steps": 4, "strength": 0.6} if engine == "sd" else {}
     with sc.connect() as c:
@@ -150,7 +155,10 @@ def stylize(
         c.wait(job, timeout=300)
         out = []
         for i in range(len(frames)):
-            a = c.result(job, i).attachments["image"]
+            reply = c.result(job, i)
+            if outputs is not None:
+                outputs.append(reply.attachments)
+            a = reply.attachments["image"]
             assert a.shape is not None
             out.append(np.frombuffer(a.data, np.uint8).reshape(a.shape)[..., :3].copy())
     return out
@@ -215,3 +223,19 @@ def test_vqgan_clip_starts_each_frame_from_the_warped_previous_one(
     print(f"VQGAN+CLIP warping error: naive {e_naive:.2f}, coherent {e_coherent:.2f}")
     assert e_coherent < 0.75 * e_naive, (e_coherent, e_naive)
     assert np.array_equal(naive[0], coherent[0])  # the first frame has no previous one
+
+
+def test_anchored_noise_is_carried_from_frame_to_frame(
+    frames: dict[int, Any], sidecar: SidecarProcess, tmp_path: Path
+) -> None:
+    """coherence_noise (off by default: it measured worse with depth control) hands each
+    frame's initial noise to the next as an output; off, no noise travels."""
+    model = build_tiny_sd(tmp_path / "sd")
+    on: list = []
+    off: list = []
+    stylize(sidecar, model, frames, outputs=on, coherence="exact_flow", coherence_noise=True)
+    stylize(sidecar, model, frames, outputs=off, coherence="exact_flow")
+    assert all("coherence_noise" in a for a in on), [sorted(a) for a in on]
+    shape = on[0]["coherence_noise"].shape
+    assert shape is not None and shape[2] == 4 and shape[0] < H, shape  # latent (h, w, C)
+    assert not any("coherence_noise" in a for a in off)

@@ -10,19 +10,23 @@ picture, so moving noise costs more than it saves; the trained micro model is th
 test (bench/temporal.py). With it (BENCHMARKS.md, 16-frame turntable and dolly, strength
 0.4), error against naive: post 0.8 0.25 / 0.20; anchored noise + post 0.8 0.25 / 0.17
 with fidelity, layout and stylization at or above naive's on both shots (issue 9's
-target); init blend 0.5 raises the error (1.71 / 1.14). So the defaults are anchored
+target); init blend 0.5 raises the error (1.71 / 1.14). So the defaults became anchored
 noise + post blend 0.8, init blend off. With the weights tuned on renders (naive flickers
 far less: 2.47 / 2.88), the same default gave 0.34 / 0.31 of naive with the turntable's
 fidelity below naive's (its objects turn under a fixed light: the carried history keeps
 shading that has moved on). Cross-frame attention (`crossframe`) takes it to 0.31 / 0.26
 at about twice the time per frame, so it is off. The guided post blend fixes the
 turntable: it blends less where the render itself changed (|render_t − render_{t−1}
-warped|, weight exp(−(change / 24)²)), so moving shading comes through fresh while model
-flicker on unchanged surfaces is still evened out. Noise + post 0.9 guided 24 (the
-defaults): 0.30 / 0.24 of naive, fidelity 0.290 / 0.322 against naive's 0.240 / 0.254,
-stylization 0.99 / 0.94: issue 9's target on both shots. It needs frame t−1's render:
-the job's previous frame's `image`, or `previous_render` beside `previous_image`;
-without it the frame blends unguided.
+warped|, weight exp(−(change / g)²)), so moving shading comes through fresh while model
+flicker on unchanged surfaces is still evened out. And anchored noise turned out to hurt
+with depth control (the embedded model's ControlNet, strength 0.6): on the dolly it
+alone drops fidelity from 0.241 to 0.085 (why is not investigated; the latent noise is
+warped cell by cell, nearest, under a moving camera), so it is off. Post 0.9 guided 32
+without it (the defaults): 0.30 / 0.21 of naive's error, fidelity 0.290 / 0.288 against
+naive's 0.240 / 0.254, stylization 1.01 / 0.99 (issue 9's target on both shots); with
+depth control at 0.6, 0.34 / 0.19 of naive with fidelity above naive's on both. It
+needs frame t−1's render: the job's previous frame's `image`, or `previous_render`
+beside `previous_image`; without it the frame blends unguided.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ PARAMS = (
         min=0.0,
         max=1.0,
     ),
-    Param("coherence_noise", "bool", True, "noise that follows the surfaces"),
+    Param("coherence_noise", "bool", False, "noise that follows the surfaces"),
     Param(
         "coherence_post",
         "float",
@@ -90,7 +94,7 @@ PARAMS = (
     Param(
         "coherence_guided",
         "float",
-        24.0,
+        32.0,
         "post blend less where the render itself changed by about this much (0-255; "
         "shading that moves over a turning surface): 0 blends the same everywhere",
         min=0.0,
