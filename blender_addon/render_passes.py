@@ -118,15 +118,16 @@ def remove(scene: bpy.types.Scene) -> bool:
     tree = compat.compositor(scene)
     if tree is None:
         return False
-    if tree.get(CREATED):
-        compat.drop_compositor(scene, tree)
-        return True
     found = False
     for name in (NODE, RENDER_LAYERS):
         node = tree.nodes.get(name)
         if node is not None:
             tree.nodes.remove(node)
             found = True
+    if tree.get(CREATED):  # 4.5 keeps the scene's own tree: the mark must not stay on it
+        del tree[CREATED]
+        compat.drop_compositor(scene, tree)
+        return True
     return found
 
 

@@ -81,7 +81,7 @@ class StylizeRun:
     coherence: str = "exact_flow"  # or "off"
     errors: dict[int, float] = field(default_factory=dict)  # frame -> its warping error
     # A chunk of a longer shot (a farm's): frames before the range, captured and stylized
-    # first so that the range starts coherent with them (see `warmup_frames`).
+    # first so that the range starts coherent with them (the operator's `warmup`).
     warmup: list[int] = field(default_factory=list)
     scene_range: tuple[int, int] | None = None  # near/far span the whole shot (DESIGN §9)
     warmed: int = 0
@@ -162,6 +162,10 @@ class StylizeRun:
         # otherwise); every frame's params have the same keys.
         chained = self.coherent and "coherence" in self.rendered[0].params
         before = ""
+        on_disk = {
+            f.frame: stylize.existing_hash(stylize.frame_path(self.folder, f.frame))
+            for f in self.rendered
+        }
         for f in self.rendered:
             f.params.update(near=near, far=far)
             assert f.capture.passes_path is not None  # PASSES were asked for
@@ -169,16 +173,12 @@ class StylizeRun:
             model_sha = runtime.session().model_sha(str(f.params.get("model", "")), self.engine)
             hashed = {**f.params, "previous_frame": before} if chained else f.params
             f.digest = stylize.frame_hash(f.inputs_hash, self.engine, version, model_sha, hashed)
-            on_disk = stylize.existing_hash(stylize.frame_path(self.folder, f.frame))
-            if f.warmup and on_disk is not None:  # stylized already (an earlier chunk):
-                f.digest = on_disk  # the range carries on from that file, not a warm-up
+            kept = on_disk[f.frame]
+            if f.warmup and kept is not None:  # stylized by an earlier chunk: the range
+                f.digest = kept  # carries on from that file
             before = f.digest
         ranged = [f for f in self.rendered if not f.warmup]
-        needed = [
-            f
-            for f in ranged
-            if stylize.existing_hash(stylize.frame_path(self.folder, f.frame)) != f.digest
-        ]
+        needed = [f for f in ranged if on_disk[f.frame] != f.digest]
         self.skipped = len(ranged) - len(needed)
         if not needed:
             return None
@@ -186,7 +186,7 @@ class StylizeRun:
             # The range's first frame is built on frame start−1: from its file on disk when
             # an earlier chunk wrote it, else on the warm-up frames stylized first.
             last_warm = self.rendered[len(self.rendered) - len(ranged) - 1]
-            if not stylize.frame_path(self.folder, last_warm.frame).is_file():
+            if on_disk[last_warm.frame] is None:
                 warm = [f for f in self.rendered if f.warmup]
                 needed = warm + needed
                 self.warmed = len(warm)
