@@ -25,7 +25,7 @@ K is from the whole run's (mean |difference|, 0-255). Usage:
 
     .venv/bin/python bench/temporal.py [--frames 16] [--size 128x96] [--steps 20]
         [--strength 0.6] [--prompt "red brick wall"] [--json OUT]
-        [--chunk 8 --warmups 0,2,4,8 --chunk-config "noise + post 0.8"]
+        [--chunk 12 --warmups 0,4,8,12 --chunk-config "post 0.9 guided 32"]
 """
 
 from __future__ import annotations
@@ -223,8 +223,8 @@ def main() -> int:
         "--no-depth", action="store_true", help="send no near/far: img2img without depth control"
     )
     ap.add_argument("--chunk", type=int, default=0, help="measure a chunk boundary at frame K")
-    ap.add_argument("--warmups", default="0,2,4,8,12")
-    ap.add_argument("--chunk-config", default="noise + post 0.8")
+    ap.add_argument("--warmups", default="0,4,8,12")
+    ap.add_argument("--chunk-config", default="post 0.9 guided 32", help="the defaults'")
     a = ap.parse_args()
     from PIL import Image
 
